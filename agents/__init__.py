@@ -1,0 +1,1 @@
+"""Per-GPU agent: reconciles a local inference server with the controller's knobs."""

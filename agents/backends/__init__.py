@@ -1,0 +1,1 @@
+"""Inference-server backends the agent can steer."""

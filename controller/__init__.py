@@ -1,0 +1,1 @@
+"""Central controller: registry, control loops, agent stream and admin API."""
