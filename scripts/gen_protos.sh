@@ -3,7 +3,7 @@
 # Usage: scripts/gen_protos.sh [PYTHON]   (default: .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${1:-.venv/bin/python}"
+PY="$(cd "$(dirname "${1:-.venv/bin/python}")" && pwd)/$(basename "${1:-.venv/bin/python}")"
 want="1.81.1"
 have="$("$PY" -c 'import importlib.metadata as m; print(m.version("grpcio-tools"))')"
 if [[ "$have" != "$want" ]]; then

@@ -1,0 +1,306 @@
+"""The per-GPU agent: holds one stream to the controller and reconciles its backend.
+
+Reconcile = observe the server's actual state, diff it with the desired knobs (carrying a
+generation number), apply only the difference, report what is now true. Fail-static: when
+the controller is away, the server keeps its last applied config; nothing is reverted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import tenacity
+
+from dnnscaler import __version__
+from dnnscaler.agents.backend import (
+    ApplyOutcome,
+    Backend,
+    BackendUnavailable,
+    KnobRejected,
+    ModelInfo,
+)
+from dnnscaler.agents.config import AgentConfig
+from dnnscaler.agents.telemetry import GpuIdentity, NvmlTelemetry
+from dnnscaler.core.convert import knobs_from_pb, knobs_to_pb, limits_to_pb, telemetry_to_pb, window_to_pb
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import GpuTelemetry, Knobs
+from dnnscaler.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = get_logger(__name__)
+
+
+class _NotEstablished(Exception):
+    """The stream failed before the controller's welcome (retry with backoff)."""
+
+
+@dataclass
+class _ModelProgress:
+    applied_generation: int = 0
+    seen_generation: int = 0
+    # An apply still running in the server (e.g. a reload): (generation, target knobs).
+    in_progress: tuple[int, Knobs] | None = None
+
+
+class Agent:
+    def __init__(
+        self, config: AgentConfig, backend: Backend, telemetry: NvmlTelemetry | None = None
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.telemetry = telemetry if telemetry is not None else NvmlTelemetry(config.gpu_index)
+        self.agent_id = config.resolved_id
+        self.log = log.bind(agent=self.agent_id, gpu=config.gpu_index)
+        self.report_interval_s = config.report_interval_s
+        self.progress: dict[str, _ModelProgress] = {}
+        self.backend_available = False
+        self.backend_message = "not started"
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self._stop = asyncio.Event()
+        self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] | None = None
+        self._apply_locks: dict[str, asyncio.Lock] = {}
+        self._seq = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``: (re)connect with exponential backoff, forever."""
+        await self._ensure_backend()
+        while not self._stop.is_set():
+            retrying = tenacity.AsyncRetrying(
+                wait=tenacity.wait_exponential_jitter(
+                    multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s
+                ),
+                retry=tenacity.retry_if_exception_type((_NotEstablished, grpc.aio.AioRpcError, OSError)),
+                before_sleep=lambda rs: self.log.info(
+                    "controller_unreachable",
+                    controller=self.config.controller,
+                    attempt=rs.attempt_number,
+                    error=str(rs.outcome.exception()) if rs.outcome else "",
+                ),
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        if self._stop.is_set():
+                            return
+                        await self._session()
+            except asyncio.CancelledError:
+                raise
+        self.log.info("agent_stopped")
+
+    async def _ensure_backend(self) -> bool:
+        try:
+            await self.backend.start()
+            if not self.backend_available:
+                self.log.info("backend_available", backend=self.backend.kind)
+            self.backend_available = True
+            self.backend_message = ""
+        except BackendUnavailable as e:
+            if self.backend_available or self.backend_message == "not started":
+                self.log.warning("backend_unavailable", backend=self.backend.kind, error=str(e))
+            self.backend_available = False
+            self.backend_message = str(e) or "backend unavailable"
+        return self.backend_available
+
+    # -- one stream --------------------------------------------------------------------
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+        outbox.put_nowait(agent_pb2.AgentMessage(hello=await self._hello()))
+
+        async def outgoing() -> AsyncIterator[agent_pb2.AgentMessage]:
+            while True:
+                msg = await outbox.get()
+                if msg is None:
+                    return
+                yield msg
+
+        established = False
+        async with grpc.aio.insecure_channel(self.config.controller) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect(outgoing())
+            reporter: asyncio.Task[None] | None = None
+            stopper = asyncio.create_task(self._stop.wait())
+            try:
+                it = call.__aiter__()
+                while True:
+                    nxt = asyncio.ensure_future(it.__anext__())
+                    done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        call.cancel()
+                        return
+                    try:
+                        msg = nxt.result()
+                    except StopAsyncIteration:
+                        break
+                    kind = msg.WhichOneof("kind")
+                    if kind == "welcome":
+                        established = True
+                        self.sessions += 1
+                        if msg.welcome.report_interval_s > 0:
+                            self.report_interval_s = msg.welcome.report_interval_s
+                        self._outbox = outbox
+                        self.connected.set()
+                        self.log.info("connected", controller=msg.welcome.controller_id)
+                        if reporter is None:
+                            reporter = asyncio.create_task(self._report_loop(outbox))
+                    elif kind == "knob_update" and established:
+                        u = msg.knob_update
+                        asyncio.create_task(self._apply(u.model, int(u.generation), knobs_from_pb(u.knobs)))
+            except grpc.aio.AioRpcError as e:
+                if not established:
+                    raise _NotEstablished(f"{e.code().name}: {e.details()}") from e
+                self.log.warning("stream_broken", code=e.code().name, details=e.details())
+            finally:
+                stopper.cancel()
+                self.connected.clear()
+                self._outbox = None
+                outbox.put_nowait(None)
+                if reporter is not None:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
+        if not established:
+            raise _NotEstablished("stream closed before welcome")
+        self.log.info("disconnected")
+
+    def _send(self, msg: agent_pb2.AgentMessage) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(msg)
+
+    # -- messages ----------------------------------------------------------------------
+    def _model_state(self, info: ModelInfo) -> agent_pb2.ModelState:
+        prog = self.progress.setdefault(info.name, _ModelProgress())
+        if prog.in_progress is not None and info.knobs == prog.in_progress[1]:
+            # The background apply has landed: only now is its generation in force.
+            prog.applied_generation = prog.in_progress[0]
+            prog.in_progress = None
+            self.log.info("apply_completed", model=info.name, generation=prog.applied_generation)
+        ms = agent_pb2.ModelState(
+            name=info.name,
+            knobs=knobs_to_pb(info.knobs),
+            limits=limits_to_pb(info.limits),
+            generation=prog.applied_generation,
+            available=info.available,
+            message=info.message,
+        )
+        if info.instance_memory_mb is not None:
+            ms.instance_memory_mb = info.instance_memory_mb
+        return ms
+
+    async def _hello(self) -> agent_pb2.Hello:
+        ident: GpuIdentity = self.telemetry.identity()
+        gpu = common_pb2.GpuInfo(index=ident.index, uuid=ident.uuid, name=ident.name)
+        tel = await self._telemetry()
+        total = ident.memory_total_mb if ident.memory_total_mb is not None else tel.memory_total_mb
+        if total is not None:
+            gpu.memory_total_mb = total
+        models: list[ModelInfo] = []
+        if self.backend_available or await self._ensure_backend():
+            try:
+                models = await self.backend.list_models()
+            except BackendUnavailable as e:
+                self.backend_available, self.backend_message = False, str(e)
+        return agent_pb2.Hello(
+            agent_id=self.agent_id,
+            node=self.config.node,
+            gpu=gpu,
+            backend_kind=self.backend.kind,
+            models=[self._model_state(m) for m in models],
+            agent_version=__version__,
+            backend_available=self.backend_available,
+            backend_message=self.backend_message,
+        )
+
+    async def _telemetry(self) -> GpuTelemetry:
+        own = await self.backend.gpu_telemetry() if self.backend_available else None
+        return own if own is not None else self.telemetry.read()
+
+    async def _report_loop(self, outbox: asyncio.Queue[agent_pb2.AgentMessage | None]) -> None:
+        next_at = time.monotonic()
+        while True:
+            next_at += self.report_interval_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at, time.monotonic() - self.report_interval_s)
+            try:
+                outbox.put_nowait(agent_pb2.AgentMessage(report=await self._report()))
+            except Exception:
+                self.log.exception("report_failed")
+
+    async def _report(self) -> agent_pb2.Report:
+        self._seq += 1
+        rep = agent_pb2.Report(seq=self._seq, sent_at_unix_s=time.time())
+        if self.backend_available or await self._ensure_backend():
+            try:
+                for mw in await self.backend.observe():
+                    rep.models.add(state=self._model_state(mw.info), window=window_to_pb(mw.window))
+            except BackendUnavailable as e:
+                self.log.warning("backend_unavailable", error=str(e))
+                self.backend_available, self.backend_message = False, str(e)
+        rep.backend_available = self.backend_available
+        rep.backend_message = self.backend_message
+        rep.gpu.CopyFrom(telemetry_to_pb(await self._telemetry()))
+        return rep
+
+    async def _apply(self, model: str, generation: int, knobs: Knobs) -> None:
+        """Apply one update, idempotently by generation, one at a time per model."""
+        lock = self._apply_locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            prog = self.progress.setdefault(model, _ModelProgress())
+            mlog = self.log.bind(model=model, generation=generation)
+            if generation <= prog.seen_generation:
+                mlog.info("update_already_seen", seen=prog.seen_generation)
+                return
+            prog.seen_generation = generation
+            try:
+                outcome = await self.backend.apply(model, knobs)
+            except KnobRejected as e:
+                outcome = ApplyOutcome(ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=str(e))
+            except BackendUnavailable as e:
+                outcome = ApplyOutcome(ok=False, knobs_in_force=knobs, error=f"backend unavailable: {e}")
+            except Exception as e:  # never let one apply take the agent down
+                mlog.exception("apply_crashed")
+                outcome = ApplyOutcome(ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=repr(e))
+            if outcome.ok and outcome.in_progress:
+                prog.in_progress = (generation, knobs)
+            elif outcome.ok:
+                prog.applied_generation = generation
+                prog.in_progress = None
+                mlog.info(
+                    "applied",
+                    max_batch_size=outcome.knobs_in_force.max_batch_size,
+                    instances=outcome.knobs_in_force.instances,
+                    queue_delay_us=outcome.knobs_in_force.queue_delay_us,
+                    in_progress=outcome.in_progress,
+                )
+            else:
+                mlog.warning("apply_failed", error=outcome.error)
+            self._send(
+                agent_pb2.AgentMessage(
+                    apply_result=agent_pb2.ApplyResult(
+                        model=model,
+                        generation=generation,
+                        ok=outcome.ok,
+                        knobs_in_force=knobs_to_pb(outcome.knobs_in_force),
+                        error=outcome.error,
+                        in_progress=outcome.in_progress,
+                    )
+                )
+            )
+
+    async def _knobs_now(self, model: str, fallback: Knobs) -> Knobs:
+        try:
+            for m in await self.backend.list_models():
+                if m.name == model:
+                    return m.knobs
+        except Exception:
+            pass
+        return fallback

@@ -1,0 +1,160 @@
+"""AdminService: the operator API (list agents and models, get a model, set SLO / policy).
+
+Rejected requests change nothing: every field is validated before anything is stored.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from dnnscaler.controller.model_loop import ModelLoop
+from dnnscaler.controller.registry import Registry
+from dnnscaler.core.convert import (
+    knobs_from_pb,
+    knobs_to_pb,
+    limits_to_pb,
+    slo_from_pb,
+    slo_to_pb,
+    telemetry_to_pb,
+    window_to_pb,
+)
+from dnnscaler.core.types import InvalidValue, Knobs
+from dnnscaler.policies.registry import POLICY_NAMES
+from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def _status(self, loop: ModelLoop) -> admin_pb2.ModelStatus:
+        settings = self.registry.settings_for(loop.model)
+        m = admin_pb2.ModelStatus(
+            agent_id=loop.agent_id,
+            model=loop.model,
+            slo=slo_to_pb(settings.slo),
+            policy=loop.policy_name,
+            approach=loop.approach.value,
+            knobs=knobs_to_pb(loop.knobs),
+            limits=limits_to_pb(loop.limits),
+            generation=loop.generation,
+            available=loop.available,
+            last_error=loop.last_error or loop.message,
+            knob_changes=loop.knob_changes,
+            last_reason=loop.last_reason,
+        )
+        if loop.last_window is not None:
+            m.last_window.CopyFrom(window_to_pb(loop.last_window))
+        if loop.pending is not None:
+            m.pending_knobs.CopyFrom(knobs_to_pb(loop.pending.knobs))
+        return m
+
+    async def ListAgents(  # noqa: N802
+        self, request: admin_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListAgentsResponse:
+        now = time.monotonic()
+        out = admin_pb2.ListAgentsResponse()
+        for a in sorted(self.registry.agents.values(), key=lambda a: a.agent_id):
+            gpu = common_pb2.GpuInfo(index=a.gpu_index, uuid=a.gpu_uuid, name=a.gpu_name)
+            if a.gpu_memory_total_mb is not None:
+                gpu.memory_total_mb = a.gpu_memory_total_mb
+            out.agents.add(
+                agent_id=a.agent_id,
+                node=a.node,
+                gpu=gpu,
+                backend_kind=a.backend_kind,
+                connected=a.connected,
+                backend_available=a.backend_available,
+                backend_message=a.backend_message,
+                last_report_age_s=max(0.0, now - a.last_seen_s),
+                telemetry=telemetry_to_pb(a.telemetry),
+                models=sorted(a.models),
+                reports=a.reports,
+            )
+        return out
+
+    async def ListModels(  # noqa: N802
+        self, request: admin_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListModelsResponse:
+        loops = self.registry.loops_for(request.model) if request.model else self.registry.all_loops()
+        if request.model and not loops:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+        return admin_pb2.ListModelsResponse(models=[self._status(lp) for lp in loops])
+
+    async def GetModel(  # noqa: N802
+        self, request: admin_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ModelStatus:
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: must not be empty")
+        if request.agent_id:
+            agent = self.registry.agents.get(request.agent_id)
+            if agent is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} is not known")
+            assert agent is not None
+            loop = agent.models.get(request.model)
+            if loop is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {request.model!r} is not served by agent {request.agent_id!r}",
+                )
+            assert loop is not None
+            return self._status(loop)
+        loops = self.registry.loops_for(request.model)
+        if not loops:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+        return self._status(loops[0])
+
+    async def SetSlo(  # noqa: N802
+        self, request: admin_pb2.SetSloRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetSloResponse:
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: must not be empty")
+        if not request.HasField("slo"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "slo: required")
+        try:
+            slo = slo_from_pb(request.slo)
+        except InvalidValue as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"slo.{e.field}: {e.message}")
+            raise  # unreachable; abort raises
+        if not self.registry.known_model(request.model):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+        self.registry.settings_for(request.model).slo = slo
+        return admin_pb2.SetSloResponse(models=[self._status(lp) for lp in self.registry.loops_for(request.model)])
+
+    async def SetPolicy(  # noqa: N802
+        self, request: admin_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetPolicyResponse:
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: must not be empty")
+        if request.policy not in POLICY_NAMES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"policy: unknown {request.policy!r}; valid: {', '.join(POLICY_NAMES)}",
+            )
+        loops = self.registry.loops_for(request.model)
+        if not loops:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+        params: dict[str, object] = {}
+        if request.policy == "static":
+            if not request.HasField("knobs"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "knobs: required for policy 'static'")
+            knobs: Knobs = knobs_from_pb(request.knobs)
+            for lp in loops:
+                try:
+                    knobs.validate(lp.limits)
+                except InvalidValue as e:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"knobs.{e.field}: {e.message} (limits of agent {lp.agent_id!r})",
+                    )
+            params["knobs"] = knobs
+        elif request.HasField("knobs"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "knobs: only allowed with policy 'static'")
+        settings = self.registry.settings_for(request.model)
+        settings.policy = request.policy
+        settings.policy_params = params
+        for lp in loops:
+            lp.set_policy(request.policy, params)
+        return admin_pb2.SetPolicyResponse(models=[self._status(lp) for lp in loops])

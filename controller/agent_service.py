@@ -1,0 +1,218 @@
+"""The AgentService stream: hello, reports and apply results in; welcome and knob updates out.
+
+Each report is handled as it arrives: for every model in it, record what is actually true,
+run that model's loop, and queue an update if the policy changed the knobs. A malformed
+message is logged and skipped; it never ends the stream or the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from dnnscaler.controller.model_loop import ModelLoop
+from dnnscaler.controller.registry import AgentRecord, Registry
+from dnnscaler.core.convert import (
+    knobs_from_pb,
+    knobs_to_pb,
+    limits_from_pb,
+    telemetry_from_pb,
+    window_from_pb,
+)
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import InvalidValue
+from dnnscaler.v1 import agent_pb2, agent_pb2_grpc
+
+log = get_logger(__name__)
+
+_CLOSE = object()
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, registry: Registry, controller_id: str | None = None) -> None:
+        self.registry = registry
+        self.controller_id = controller_id or f"controller-{uuid.uuid4().hex[:8]}"
+        self.decision_latency_s: list[float] = []  # recent report->decision latencies
+
+    # -- stream ------------------------------------------------------------------------
+    async def Connect(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[agent_pb2.ControllerMessage]:
+        try:
+            first = await anext(request_iterator)
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the first message on the stream must be a hello"
+            )
+        hello = first.hello
+        if not hello.agent_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: must not be empty")
+        record = self._register(hello)
+        session = record.session
+        bound = log.bind(agent=record.agent_id, gpu=record.gpu_index)
+        bound.info("agent_connected", node=record.node, backend=record.backend_kind, models=sorted(record.models))
+        reader = asyncio.create_task(self._read(request_iterator, record))
+        yield agent_pb2.ControllerMessage(
+            welcome=agent_pb2.Welcome(
+                controller_id=self.controller_id,
+                report_interval_s=self.registry.config.report_interval_s,
+            )
+        )
+        try:
+            while True:
+                getter: asyncio.Task[Any] = asyncio.create_task(record.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                msg = getter.result()
+                if msg is _CLOSE:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            current = self.registry.agents.get(record.agent_id)
+            if current is record and record.session == session:
+                record.connected = False
+            bound.info("agent_disconnected")
+
+    async def _read(self, it: AsyncIterator[agent_pb2.AgentMessage], record: AgentRecord) -> None:
+        async for msg in it:
+            record.last_seen_s = time.monotonic()
+            try:
+                kind = msg.WhichOneof("kind")
+                if kind == "report":
+                    self._on_report(record, msg.report)
+                elif kind == "apply_result":
+                    self._on_apply_result(record, msg.apply_result)
+                elif kind == "hello":
+                    log.warning("duplicate_hello_ignored", agent=record.agent_id)
+            except Exception:
+                log.exception("bad_agent_message", agent=record.agent_id)
+
+    # -- handlers ----------------------------------------------------------------------
+    def _register(self, hello: agent_pb2.Hello) -> AgentRecord:
+        old = self.registry.agents.get(hello.agent_id)
+        if old is not None and old.connected:
+            old.outbox.put_nowait(_CLOSE)  # a newer stream for the same agent wins
+        rec = AgentRecord(
+            agent_id=hello.agent_id,
+            node=hello.node,
+            gpu_index=hello.gpu.index,
+            gpu_uuid=hello.gpu.uuid,
+            gpu_name=hello.gpu.name,
+            gpu_memory_total_mb=hello.gpu.memory_total_mb if hello.gpu.HasField("memory_total_mb") else None,
+            backend_kind=hello.backend_kind,
+            backend_available=hello.backend_available,
+            backend_message=hello.backend_message,
+            last_seen_s=time.monotonic(),
+            session=(old.session + 1) if old else 1,
+        )
+        for ms in hello.models:
+            try:
+                self._upsert_model(rec, ms, old.models.get(ms.name) if old else None)
+            except InvalidValue as e:
+                log.warning("bad_model_state", agent=rec.agent_id, model=ms.name, error=str(e))
+        self.registry.agents[rec.agent_id] = rec
+        return rec
+
+    def _upsert_model(self, rec: AgentRecord, ms: agent_pb2.ModelState, previous: ModelLoop | None) -> ModelLoop:
+        knobs = knobs_from_pb(ms.knobs)
+        limits = limits_from_pb(ms.limits)
+        mem = ms.instance_memory_mb if ms.HasField("instance_memory_mb") else None
+        loop = rec.models.get(ms.name) or previous
+        if loop is None:
+            settings = self.registry.settings_for(ms.name)
+            loop = ModelLoop(
+                agent_id=rec.agent_id,
+                model=ms.name,
+                knobs=knobs,
+                limits=limits,
+                generation=int(ms.generation),
+                policy_name=settings.policy,
+                policy_params=dict(settings.policy_params),
+            )
+        rec.models[ms.name] = loop
+        loop.on_state(knobs, limits, int(ms.generation), mem, ms.available, ms.message)
+        return loop
+
+    def _on_report(self, rec: AgentRecord, report: agent_pb2.Report) -> None:
+        t0 = time.monotonic()
+        rec.reports += 1
+        rec.backend_available = report.backend_available
+        rec.backend_message = report.backend_message
+        rec.telemetry = telemetry_from_pb(report.gpu)
+        reported = set()
+        for mr in report.models:
+            name = mr.state.name
+            reported.add(name)
+            try:
+                loop = self._upsert_model(rec, mr.state, None)
+                window = window_from_pb(mr.window)
+            except InvalidValue as e:
+                log.warning("bad_model_report", agent=rec.agent_id, model=name, error=str(e))
+                continue
+            settings = self.registry.settings_for(name)
+            update = loop.decide(t0, window, settings.slo, rec.telemetry, self.registry.config)
+            if update is not None:
+                log.info(
+                    "knob_update",
+                    agent=rec.agent_id,
+                    model=name,
+                    generation=update.generation,
+                    max_batch_size=update.knobs.max_batch_size,
+                    instances=update.knobs.instances,
+                    queue_delay_us=update.knobs.queue_delay_us,
+                    approach=loop.approach.value,
+                    reason=loop.last_reason,
+                )
+                rec.outbox.put_nowait(
+                    agent_pb2.ControllerMessage(
+                        knob_update=agent_pb2.KnobUpdate(
+                            model=name,
+                            generation=update.generation,
+                            knobs=knobs_to_pb(update.knobs),
+                            reason=loop.last_reason,
+                        )
+                    )
+                )
+        for name in list(rec.models):
+            if name not in reported and report.backend_available:
+                # The backend no longer serves it: keep the record, mark it unavailable.
+                rec.models[name].available = False
+                rec.models[name].message = "not reported by the agent"
+        lat = time.monotonic() - t0
+        self.decision_latency_s.append(lat)
+        if len(self.decision_latency_s) > 10_000:
+            del self.decision_latency_s[:5_000]
+
+    def _on_apply_result(self, rec: AgentRecord, res: agent_pb2.ApplyResult) -> None:
+        loop = rec.models.get(res.model)
+        if loop is None:
+            log.warning("apply_result_for_unknown_model", agent=rec.agent_id, model=res.model)
+            return
+        loop.on_apply_result(
+            int(res.generation), res.ok, knobs_from_pb(res.knobs_in_force), res.error, res.in_progress
+        )
+
+    # -- housekeeping ------------------------------------------------------------------
+    def reap_stale(self) -> list[str]:
+        """Drop agents silent for longer than ``stale_after_s``; returns the dropped ids."""
+        now = time.monotonic()
+        dropped = []
+        for aid, rec in list(self.registry.agents.items()):
+            if now - rec.last_seen_s > self.registry.config.stale_after_s:
+                rec.outbox.put_nowait(_CLOSE)
+                del self.registry.agents[aid]
+                dropped.append(aid)
+                log.warning("agent_dropped_stale", agent=aid, silent_s=round(now - rec.last_seen_s, 1))
+        return dropped

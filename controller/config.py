@@ -1,0 +1,47 @@
+"""Controller settings: one dataclass, validated at start-up, units in field names."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dnnscaler.core.types import InvalidValue, Slo
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    listen: str = "127.0.0.1:50051"
+    report_interval_s: float = 1.0
+    # An agent silent for this long is dropped (its stream is cancelled).
+    stale_after_s: float = 15.0
+    # An update not confirmed by the agent within this time is given up (the agent is
+    # asked again only if the policy still wants the change).
+    apply_timeout_s: float = 60.0
+    default_policy: str = "dnnscaler"
+    default_slo_ms: float = 100.0
+    default_percentile: float = 99.0
+    grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("report_interval_s", "stale_after_s", "apply_timeout_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise InvalidValue(name, f"must be > 0, got {v}")
+        if self.stale_after_s <= self.report_interval_s:
+            raise InvalidValue("stale_after_s", "must be larger than report_interval_s")
+        if self.grace_s < 0:
+            raise InvalidValue("grace_s", "must be >= 0")
+        Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)
+        if ":" not in self.listen:
+            raise InvalidValue("listen", f"expected HOST:PORT, got {self.listen!r}")
+        from dnnscaler.policies.registry import POLICY_NAMES
+
+        if self.default_policy not in POLICY_NAMES:
+            raise InvalidValue(
+                "default_policy",
+                f"unknown policy {self.default_policy!r}; valid: {', '.join(POLICY_NAMES)}",
+            )
+
+    @property
+    def default_slo(self) -> Slo:
+        return Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)

@@ -1,0 +1,153 @@
+"""The control loop of one (agent, model): observation in, maybe a knob update out.
+
+It only gathers, calls the pure policy, records and hands back what to send; the stream
+handler does the sending. One bad report or a policy error is logged and skipped, never
+fatal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import (
+    Approach,
+    InvalidValue,
+    KnobLimits,
+    Knobs,
+    Observation,
+    Slo,
+    WindowStats,
+    instances_that_fit,
+)
+from dnnscaler.core.types import GpuTelemetry as Telemetry
+from dnnscaler.policies.base import Policy
+from dnnscaler.policies.registry import make_policy
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    generation: int
+    knobs: Knobs
+    sent_at_s: float
+
+
+@dataclass
+class ModelLoop:
+    """Controller-side record and loop for one model on one agent."""
+
+    agent_id: str
+    model: str
+    knobs: Knobs
+    limits: KnobLimits
+    generation: int
+    policy_name: str
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    instance_memory_mb: float | None = None
+    available: bool = True
+    message: str = ""
+    approach: Approach = Approach.UNDECIDED
+    last_window: WindowStats | None = None
+    last_error: str = ""
+    last_reason: str = ""
+    knob_changes: int = 0
+    pending: PendingUpdate | None = None
+    _policy: Policy[Any] | None = None
+    _state: Any = None
+
+    def set_policy(self, name: str, params: dict[str, Any] | None = None) -> None:
+        """Switch policy; the new one starts from the knobs in force at the next report."""
+        self._policy = make_policy(name, **(params or {}))
+        self.policy_name = name
+        self.policy_params = dict(params or {})
+        self._state = None
+
+    def on_state(
+        self,
+        knobs: Knobs,
+        limits: KnobLimits,
+        generation: int,
+        instance_memory_mb: float | None,
+        available: bool,
+        message: str,
+    ) -> None:
+        """Record what the agent says is actually true for this model."""
+        self.knobs = knobs
+        self.limits = limits
+        self.instance_memory_mb = instance_memory_mb
+        self.available = available
+        self.message = message
+        # After a controller restart the agent's generation may be ahead of ours.
+        self.generation = max(self.generation, generation)
+        if self.pending is not None and generation >= self.pending.generation:
+            self.pending = None
+
+    def on_apply_result(self, generation: int, ok: bool, in_force: Knobs, error: str, in_progress: bool) -> None:
+        if self.pending is None or generation != self.pending.generation:
+            return
+        self.knobs = in_force
+        if in_progress:
+            return
+        self.pending = None
+        if not ok:
+            self.last_error = error or "apply failed"
+            log.warning("apply_failed", agent=self.agent_id, model=self.model, error=error)
+
+    def decide(
+        self, now_s: float, window: WindowStats, slo: Slo, gpu: Telemetry, config: ControllerConfig
+    ) -> PendingUpdate | None:
+        """Run the policy on this window; return an update to send, if the knobs change."""
+        self.last_window = window
+        if self.pending is not None:
+            if now_s - self.pending.sent_at_s < config.apply_timeout_s:
+                return None  # wait for the agent to confirm before deciding again
+            log.warning("apply_timeout", agent=self.agent_id, model=self.model)
+            self.last_error = f"update generation {self.pending.generation} not confirmed"
+            self.pending = None
+        if not self.available:
+            return None
+        if self._policy is None:
+            self.set_policy(self.policy_name, self.policy_params)
+        assert self._policy is not None
+        obs = Observation(
+            now_s=now_s,
+            model=self.model,
+            slo=slo,
+            knobs=self.knobs,
+            limits=self.limits,
+            window=window,
+            gpu=gpu,
+            instance_memory_mb=self.instance_memory_mb,
+        )
+        try:
+            if self._state is None:
+                self._state = self._policy.initial_state(obs)
+            decision = self._policy.decide(obs, self._state)
+        except Exception as e:  # a policy bug must not take the controller down
+            log.exception("policy_error", agent=self.agent_id, model=self.model, policy=self.policy_name)
+            self.last_error = f"policy {self.policy_name}: {e}"
+            return None
+        self._state = decision.state
+        self.approach = decision.approach
+        if decision.reason:
+            self.last_reason = decision.reason
+        want = decision.knobs
+        if want == self.knobs:
+            return None
+        fit = instances_that_fit(self.limits, self.knobs.instances, self.instance_memory_mb, gpu)
+        try:
+            want.validate(self.limits)
+            if want.instances > fit:
+                raise InvalidValue("instances", f"{want.instances} would not fit in GPU memory (max {fit})")
+        except InvalidValue as e:
+            log.error("policy_out_of_limits", agent=self.agent_id, model=self.model, error=str(e))
+            self.last_error = f"policy {self.policy_name} proposed invalid knobs: {e}"
+            return None
+        self.generation += 1
+        self.knob_changes += 1
+        self.pending = PendingUpdate(generation=self.generation, knobs=want, sent_at_s=now_s)
+        return self.pending

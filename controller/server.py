@@ -1,0 +1,112 @@
+"""The controller process: gRPC server (agent stream, admin API, health, reflection) and
+its housekeeping task. Graceful stop: health NOT_SERVING, then ``server.stop(grace)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import structlog
+from dnnscaler.controller.admin_service import AdminService
+from dnnscaler.controller.agent_service import AgentService
+from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.registry import Registry
+from dnnscaler.core.logging import get_logger
+from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+
+log = get_logger(__name__)
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+
+
+class _RequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """Binds a request id and the method into structlog's context for each call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=uuid.uuid4().hex[:12], method=handler_call_details.method
+        )
+        return await continuation(handler_call_details)
+
+
+class Controller:
+    """A running controller; use ``await start()`` / ``await stop()`` or ``async with``."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.registry = Registry(config)
+        self.agent_service = AgentService(self.registry)
+        self.admin_service = AdminService(self.registry)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.port: int = 0
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        server = grpc.aio.server(interceptors=[_RequestIdInterceptor()])
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_service, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"listen: cannot bind {self.config.listen}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._reaper = asyncio.create_task(self._reap_forever())
+        log.info("controller_started", address=self.address, controller_id=self.agent_service.controller_id)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.stale_after_s / 3))
+            try:
+                self.agent_service.reap_stale()
+            except Exception:
+                log.exception("reaper_error")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._server is not None:
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._server.stop(self.config.grace_s)
+            self._server = None
+            log.info("controller_stopped")
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> Controller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()

@@ -1,0 +1,196 @@
+"""Admin verbs of the `dnnscaler` CLI: talk to the controller's AdminService.
+
+Exit codes: 0 ok, 2 invalid argument, 3 not found, 4 controller unreachable, 1 other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+EXIT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.FAILED_PRECONDITION: 2,
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.UNAVAILABLE: 4,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 4,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", default="127.0.0.1:50051", help="controller HOST:PORT")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("--timeout-s", type=float, default=5.0)
+
+    p = sub.add_parser("status", help="agents and models known to the controller")
+    common(p)
+    p.set_defaults(func=lambda a: _run(a, _status))
+
+    p = sub.add_parser("models", help="list models with SLO, approach, knobs and latest figures")
+    common(p)
+    p.add_argument("model", nargs="?", default="")
+    p.set_defaults(func=lambda a: _run(a, _models))
+
+    p = sub.add_parser("model", help="show one model")
+    common(p)
+    p.add_argument("model")
+    p.add_argument("--agent", default="")
+    p.set_defaults(func=lambda a: _run(a, _model))
+
+    p = sub.add_parser("set-slo", help="set a model's latency SLO fleet-wide")
+    common(p)
+    p.add_argument("model")
+    p.add_argument("--latency-ms", type=float, required=True)
+    p.add_argument("--percentile", type=float, default=99.0)
+    p.set_defaults(func=lambda a: _run(a, _set_slo))
+
+    p = sub.add_parser("set-policy", help="choose a model's policy (static pins knobs)")
+    common(p)
+    p.add_argument("model")
+    p.add_argument("policy")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--instances", type=int)
+    p.add_argument("--queue-delay-us", type=int, default=0)
+    p.set_defaults(func=lambda a: _run(a, _set_policy))
+
+
+def _run(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Awaitable[Any]]) -> int:
+    async def go() -> Any:
+        async with grpc.aio.insecure_channel(args.controller) as ch:
+            stub = admin_pb2_grpc.AdminServiceStub(ch)
+            return await fn(stub, args)
+
+    try:
+        result = asyncio.run(go())
+    except grpc.aio.AioRpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return EXIT_CODES.get(e.code(), 1)
+    if args.json:
+        if isinstance(result, _Status):
+            doc = {
+                "agents": MessageToDict(result.agents, preserving_proto_field_name=True).get("agents", []),
+                "models": MessageToDict(result.models, preserving_proto_field_name=True).get("models", []),
+            }
+        else:
+            doc = MessageToDict(result, preserving_proto_field_name=True)
+        print(json.dumps(doc, indent=2))
+    else:
+        _print(result)
+    return 0
+
+
+async def _status(stub: Any, a: argparse.Namespace) -> Any:
+    agents = await stub.ListAgents(admin_pb2.ListAgentsRequest(), timeout=a.timeout_s)
+    models = await stub.ListModels(admin_pb2.ListModelsRequest(), timeout=a.timeout_s)
+    return _Status(agents, models)
+
+
+async def _models(stub: Any, a: argparse.Namespace) -> Any:
+    return await stub.ListModels(admin_pb2.ListModelsRequest(model=a.model), timeout=a.timeout_s)
+
+
+async def _model(stub: Any, a: argparse.Namespace) -> Any:
+    return await stub.GetModel(admin_pb2.GetModelRequest(model=a.model, agent_id=a.agent), timeout=a.timeout_s)
+
+
+async def _set_slo(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.SetSloRequest(
+        model=a.model, slo=common_pb2.Slo(latency_ms=a.latency_ms, percentile=a.percentile)
+    )
+    return await stub.SetSlo(req, timeout=a.timeout_s)
+
+
+async def _set_policy(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.SetPolicyRequest(model=a.model, policy=a.policy)
+    if a.max_batch_size is not None or a.instances is not None:
+        req.knobs.CopyFrom(
+            common_pb2.Knobs(
+                max_batch_size=a.max_batch_size or 1,
+                instances=a.instances or 1,
+                queue_delay_us=a.queue_delay_us,
+            )
+        )
+    return await stub.SetPolicy(req, timeout=a.timeout_s)
+
+
+class _Status:
+    """Both listings, printable as tables or as one JSON document."""
+
+    def __init__(self, agents: admin_pb2.ListAgentsResponse, models: admin_pb2.ListModelsResponse):
+        self.agents = agents
+        self.models = models
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    return "-" if v is None else f"{v:.1f}{unit}"
+
+
+def model_rows(models: list[admin_pb2.ModelStatus]) -> Table:
+    t = Table(title="models")
+    for col in ("agent", "model", "SLO", "policy", "approach", "batch", "inst", "delay µs",
+                "tput rps", "p-lat ms", "gen", "changes", "note"):
+        t.add_column(col)
+    for m in models:
+        w = m.last_window
+        pct = m.slo.percentile
+        lat = None
+        if m.HasField("last_window"):
+            if pct <= 50 and w.HasField("latency_p50_ms"):
+                lat = w.latency_p50_ms
+            elif pct <= 95 and w.HasField("latency_p95_ms"):
+                lat = w.latency_p95_ms
+            elif w.HasField("latency_p99_ms"):
+                lat = w.latency_p99_ms
+        pend = ""
+        if m.HasField("pending_knobs"):
+            pend = f"→ b{m.pending_knobs.max_batch_size}/n{m.pending_knobs.instances}"
+        t.add_row(
+            m.agent_id, m.model, f"p{pct:g}≤{m.slo.latency_ms:g}ms", m.policy, m.approach,
+            str(m.knobs.max_batch_size), str(m.knobs.instances), str(m.knobs.queue_delay_us),
+            _fmt(w.throughput_rps if m.HasField("last_window") else None), _fmt(lat),
+            str(m.generation), str(m.knob_changes),
+            " ".join(x for x in (pend, m.last_error if not m.available or m.last_error else "") if x),
+        )
+    return t
+
+
+def _print(result: Any) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # pipes and logs: do not squeeze the tables to 80 columns
+    if isinstance(result, _Status):
+        t = Table(title="agents")
+        for col in ("agent", "node", "gpu", "backend", "connected", "backend ok", "last report s",
+                    "util %", "mem MB", "models"):
+            t.add_column(col)
+        for a in result.agents.agents:
+            tel = a.telemetry
+            t.add_row(
+                a.agent_id, a.node, f"{a.gpu.index} {a.gpu.name}".strip(), a.backend_kind,
+                "yes" if a.connected else "no",
+                "yes" if a.backend_available else f"no: {a.backend_message}",
+                f"{a.last_report_age_s:.1f}",
+                _fmt(tel.utilization_pct if tel.HasField("utilization_pct") else None),
+                _fmt(tel.memory_used_mb if tel.HasField("memory_used_mb") else None),
+                ",".join(a.models),
+            )
+        console.print(t)
+        console.print(model_rows(list(result.models.models)))
+    elif isinstance(result, (admin_pb2.ListModelsResponse, admin_pb2.SetSloResponse, admin_pb2.SetPolicyResponse)):
+        console.print(model_rows(list(result.models)))
+    elif isinstance(result, admin_pb2.ModelStatus):
+        console.print(model_rows([result]))
+    else:
+        console.print(str(result))

@@ -1,0 +1,125 @@
+"""Figures of merit from online runs (definitions in /work/shared/brief/benchmark.md).
+
+* Staircase: step ``j`` offers ``(start + j * step) x oracle capacity``; it passes when the
+  p-th percentile of all latencies in its second half is within the SLO. Online capacity = rate
+  of the highest step passed before two consecutive failures.
+* Violation rate: share of windows whose p-th percentile latency exceeds the SLO.
+* Settle time after a change: windows until every later window of the segment has its latency
+  within the SLO and its throughput (3-window mean) within 5 % of the segment's final throughput
+  (or two Poisson standard deviations of the 3-window request count, if larger: slow models
+  complete only a few requests per window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dnnscaler.bench.online import WindowRecord
+
+
+@dataclass(frozen=True)
+class Staircase:
+    start_frac: float = 0.30
+    step_frac: float = 0.05
+    max_frac: float = 1.5
+    step_windows: int = 10
+
+    @property
+    def max_steps(self) -> int:
+        return int(round((self.max_frac - self.start_frac) / self.step_frac)) + 1
+
+    def rate(self, capacity_rps: float, window: int) -> float:
+        j = window // self.step_windows
+        return (self.start_frac + self.step_frac * j) * capacity_rps
+
+
+@dataclass(frozen=True)
+class StepResult:
+    rate_rps: float
+    latency_ms: float | None
+    passed: bool
+
+
+def step_results(
+    st: Staircase,
+    windows: Sequence[WindowRecord],
+    latencies: Sequence[np.ndarray],
+    percentile: float,
+) -> list[StepResult]:
+    """Pass/fail of every complete step of a staircase run."""
+    out = []
+    half = st.step_windows // 2
+    for j in range(len(windows) // st.step_windows):
+        lo = j * st.step_windows
+        hi = lo + st.step_windows
+        lat = np.concatenate([latencies[i] for i in range(lo + half, hi)] or [np.empty(0)])
+        slo = windows[hi - 1].slo_ms
+        if lat.size == 0:
+            ok = windows[hi - 1].rate_rps <= 0
+            out.append(StepResult(windows[lo].rate_rps, None, ok))
+            continue
+        p = float(np.percentile(lat, percentile))
+        out.append(StepResult(windows[lo].rate_rps, p, p <= slo))
+    return out
+
+
+def online_capacity(steps: Sequence[StepResult]) -> tuple[float, int]:
+    """(capacity, index of the highest passed step or -1) before two failures in a row."""
+    best, best_j, fails = 0.0, -1, 0
+    for j, s in enumerate(steps):
+        if s.passed:
+            fails = 0
+            if s.rate_rps >= best:
+                best, best_j = s.rate_rps, j
+        else:
+            fails += 1
+            if fails >= 2:
+                break
+    return best, best_j
+
+
+def should_stop(st: Staircase, windows: Sequence[WindowRecord], steps: list[StepResult]) -> bool:
+    return len(steps) >= 2 and not steps[-1].passed and not steps[-2].passed
+
+
+def violated(w: WindowRecord) -> bool:
+    return w.latency_ms is not None and w.latency_ms > w.slo_ms
+
+
+def violation_rate(windows: Sequence[WindowRecord]) -> float:
+    if not windows:
+        return 0.0
+    return sum(1 for w in windows if violated(w)) / len(windows)
+
+
+def settle_windows(seg: Sequence[WindowRecord]) -> int | None:
+    """Windows after the segment start until it is settled for good; None if never."""
+    n = len(seg)
+    if n < 3:
+        return None
+    counts = [w.completed for w in seg]
+    dur = [w.t_s - (seg[i - 1].t_s if i else seg[0].t_s - _len(seg)) for i, w in enumerate(seg)]
+    thr3 = []
+    for i in range(n):
+        lo = max(0, i - 2)
+        c = sum(counts[lo : i + 1])
+        thr3.append((c / sum(dur[lo : i + 1]), c))
+    tail = [t for t, _ in thr3[-max(3, n // 3) :]]
+    final = float(np.median(tail))
+    settled_from: int | None = None
+    for i in range(n - 1, -1, -1):
+        thr, c = thr3[i]
+        tol = max(0.05, 2.0 / math.sqrt(c)) if c > 0 else 0.05
+        ok = not violated(seg[i]) and (final == 0 or abs(thr - final) <= tol * final)
+        if not ok:
+            break
+        settled_from = i
+    return settled_from
+
+
+def _len(seg: Sequence[WindowRecord]) -> float:
+    return seg[1].t_s - seg[0].t_s if len(seg) > 1 else 1.0

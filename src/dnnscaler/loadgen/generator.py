@@ -1,0 +1,317 @@
+"""Open-loop Poisson and closed-loop load against Triton over gRPC (tritonclient.grpc.aio).
+
+Open loop: arrivals are a Poisson process at ``rate_rps`` (changeable while running with
+``set_rate``; the next gap is redrawn at once, which the memoryless process allows); each
+arrival is sent whether or not earlier ones finished, up to ``max_in_flight`` (beyond it
+arrivals are counted as ``dropped``, never queued client-side). Closed loop:
+``concurrency`` workers each send the next request when the previous one returns.
+
+Everything is bounded: ``max_requests`` sends and ``max_duration_s`` seconds, then the
+generator stops by itself. Loopback only unless ``allow_remote`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from dnnscaler.core.logging import get_logger
+from dnnscaler.loadgen.stats import LoadWindow, summarize
+
+log = get_logger(__name__)
+
+_NP_TYPES = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+}
+
+
+def check_loopback(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` (``host:port``) points at this machine."""
+    host = url.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"load generator targets loopback addresses only, not {host!r}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # without the batch dimension
+
+
+class LoadGen:
+    """Drives one model; ``async with LoadGen(url, model, rate_rps=50) as g: ...``.
+
+    Exactly one of ``rate_rps`` (open loop) and ``concurrency`` (closed loop) is used;
+    ``rate_rps=0`` starts an idle open loop that ``set_rate`` wakes up.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        rate_rps: float | None = None,
+        concurrency: int | None = None,
+        batch: int = 1,
+        seed: int = 0,
+        max_requests: int = 1_000_000,
+        max_duration_s: float = 600.0,
+        max_in_flight: int = 512,
+        request_timeout_s: float = 30.0,
+        allow_remote: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (rate_rps is None) == (concurrency is None):
+            raise ValueError("give exactly one of rate_rps (open loop) or concurrency")
+        if not allow_remote:
+            check_loopback(url)
+        self.url = url
+        self.model = model
+        self._rate = float(rate_rps or 0.0)
+        self._concurrency = concurrency
+        self.batch = batch
+        self.max_requests = max_requests
+        self.max_duration_s = max_duration_s
+        self.max_in_flight = max_in_flight
+        self.request_timeout_s = request_timeout_s
+        self._clock = clock
+        self._rng = np.random.default_rng(seed)
+        self._client: Any = None
+        self._inputs: list[Any] = []
+        self._outputs: list[Any] = []
+        self._driver: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rate_changed = asyncio.Event()
+        self._stopping = False
+        self._t0 = 0.0
+        self._sent_total = 0
+        self._err_total = 0
+        self._drop_total = 0
+        self._lat_total: list[float] = []
+        self._win_start = 0.0
+        self._win_sent = 0
+        self._win_err = 0
+        self._win_drop = 0
+        self._win_lat: list[float] = []
+        self._win_offered_integral = 0.0
+        self._rate_since = 0.0
+        self.last_error: str = ""
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> LoadGen:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._client = grpcclient.InferenceServerClient(self.url)
+        meta = await self._client.get_model_metadata(self.model, as_json=True)
+        specs = [
+            InputSpec(i["name"], i["datatype"], tuple(int(d) for d in i["shape"][1:]))
+            for i in meta["inputs"]
+        ]
+        self._inputs = []
+        for spec in specs:
+            dtype = _NP_TYPES.get(spec.datatype)
+            if dtype is None:
+                raise ValueError(f"{self.model}: input {spec.name} has type {spec.datatype}")
+            shape = (self.batch, *(max(1, d) for d in spec.shape))
+            inp = grpcclient.InferInput(spec.name, list(shape), spec.datatype)
+            inp.set_data_from_numpy(self._rng.random(shape).astype(dtype))
+            self._inputs.append(inp)
+        self._outputs = [grpcclient.InferRequestedOutput(o["name"]) for o in meta["outputs"]]
+        now = self._clock()
+        self._t0 = self._win_start = self._rate_since = now
+        if self._concurrency is not None:
+            self._driver = asyncio.create_task(self._closed_loop(self._concurrency))
+        else:
+            self._driver = asyncio.create_task(self._open_loop())
+        log.info(
+            "loadgen.started",
+            model=self.model,
+            rate_rps=self._rate if self._concurrency is None else None,
+            concurrency=self._concurrency,
+        )
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop sending, wait up to ``drain_s`` for requests in flight, close the client."""
+        self._stopping = True
+        self._rate_changed.set()
+        if self._driver is not None:
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=drain_s)
+            for t in late:
+                t.cancel()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the generator stopped sending (bound reached or stopped)."""
+        return self._driver is not None and self._driver.done()
+
+    @property
+    def rate_rps(self) -> float:
+        return self._rate
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def set_rate(self, rate_rps: float) -> None:
+        """Change the open-loop arrival rate now (0 pauses arrivals)."""
+        if self._concurrency is not None:
+            raise RuntimeError("set_rate on a closed-loop generator")
+        now = self._clock()
+        self._win_offered_integral += self._rate * (now - max(self._rate_since, self._win_start))
+        self._rate_since = now
+        self._rate = max(0.0, float(rate_rps))
+        self._rate_changed.set()
+
+    # -- windows -----------------------------------------------------------------------
+    def window(self) -> LoadWindow:
+        """Summary of requests completed since the previous ``window()`` (or the start)."""
+        now = self._clock()
+        span = max(now - self._win_start, 1e-9)
+        offered_integral = self._win_offered_integral + self._rate * (
+            now - max(self._rate_since, self._win_start)
+        )
+        offered = offered_integral / span if self._concurrency is None else self._win_sent / span
+        w = summarize(
+            self._win_start,
+            now,
+            self._win_lat,
+            sent=self._win_sent,
+            errors=self._win_err,
+            dropped=self._win_drop,
+            offered_rps=offered,
+            in_flight=len(self._tasks),
+        )
+        self._win_start = now
+        self._win_sent = self._win_err = self._win_drop = 0
+        self._win_lat = []
+        self._win_offered_integral = 0.0
+        return w
+
+    def snapshot(self) -> LoadWindow:
+        """Summary of everything since the start (windows are not reset)."""
+        now = self._clock()
+        span = max(now - self._t0, 1e-9)
+        return summarize(
+            self._t0,
+            now,
+            self._lat_total,
+            sent=self._sent_total,
+            errors=self._err_total,
+            dropped=self._drop_total,
+            offered_rps=self._sent_total / span,
+            in_flight=len(self._tasks),
+        )
+
+    async def run_for(self, seconds: float) -> LoadWindow:
+        """Start a fresh window, let the load run for ``seconds``, return that window."""
+        self.window()
+        await asyncio.sleep(seconds)
+        return self.window()
+
+    # -- sending -----------------------------------------------------------------------
+    def _budget_left(self) -> bool:
+        return (
+            not self._stopping
+            and self._sent_total < self.max_requests
+            and self._clock() - self._t0 < self.max_duration_s
+        )
+
+    async def _one(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self._client.infer(
+                self.model,
+                self._inputs,
+                outputs=self._outputs,
+                client_timeout=self.request_timeout_s,
+            )
+        except Exception as exc:
+            self._err_total += 1
+            self._win_err += 1
+            self.last_error = str(exc)
+            return
+        lat = time.perf_counter() - t0
+        self._lat_total.append(lat)
+        self._win_lat.append(lat)
+
+    def _launch(self) -> None:
+        self._sent_total += 1
+        self._win_sent += 1
+        task = asyncio.create_task(self._one())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_loop(self) -> None:
+        next_t = self._clock()
+        while self._budget_left():
+            rate = self._rate
+            if rate <= 0:
+                self._rate_changed.clear()
+                await self._rate_changed.wait()
+                next_t = self._clock()
+                continue
+            next_t += float(self._rng.exponential(1.0 / rate))
+            now = self._clock()
+            next_t = max(next_t, now - 0.5)  # never replay more than 0.5 s of backlog
+            delay = next_t - now
+            if delay > 0:
+                self._rate_changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._rate_changed.wait(), timeout=delay)
+                    next_t = self._clock()  # rate changed: redraw the gap from now
+                    continue
+            if len(self._tasks) >= self.max_in_flight:
+                self._drop_total += 1
+                self._win_drop += 1
+                continue
+            self._launch()
+
+    async def _closed_loop(self, concurrency: int) -> None:
+        async def worker() -> None:
+            while self._budget_left():
+                self._sent_total += 1
+                self._win_sent += 1
+                await self._one()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))

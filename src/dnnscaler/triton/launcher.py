@@ -1,0 +1,335 @@
+"""Start and stop a local ``tritonserver`` (from the nvidia-pytriton wheel) on loopback.
+
+One ``LocalTriton`` is one server process in its own process group, with its own work
+folder (backend dir, log file, trace files) and its own shared-memory prefix so that a
+clean stop can be verified: after ``stop`` no process of the group is alive and no
+``/dev/shm`` file with our prefix is left (leftovers are removed and logged).
+
+Request tracing (TIMESTAMPS, every request, flushed every ``trace_log_frequency`` traces
+to ``trace_file.N``) is on by default: the agent's Triton backend reads it for the
+per-window latency percentiles (see docs/triton.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from dnnscaler.core.logging import get_logger
+from dnnscaler.triton.install import TritonInstall, find_triton
+
+log = get_logger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+
+
+class TritonStartError(RuntimeError):
+    """The server exited or did not become ready; the message quotes its log's tail."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int
+    http: int
+    metrics: int
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class LocalTriton:
+    """A local Triton server; use ``with``/``async with`` or ``start()``/``stop()``.
+
+    ``models`` are loaded at start (explicit model-control mode); others in the repository
+    can be loaded later through the client API. Ports left ``None`` are picked free.
+    """
+
+    def __init__(
+        self,
+        model_repo: str | Path,
+        models: Sequence[str] = (),
+        *,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        workdir: str | Path | None = None,
+        trace: bool = True,
+        trace_log_frequency: int = 20,
+        ready_timeout_s: float = 120.0,
+        stop_timeout_s: float = 20.0,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        install: TritonInstall | None = None,
+    ) -> None:
+        self.model_repo = Path(model_repo).resolve()
+        self.models = list(models)
+        self._want_ports = (grpc_port, http_port, metrics_port)
+        self._own_workdir = workdir is None
+        self._workdir_arg = Path(workdir) if workdir is not None else None
+        self.trace = trace
+        self.trace_log_frequency = trace_log_frequency
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args)
+        self._install = install
+        self.shm_prefix = f"dnnscaler_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.ports: Ports | None = None
+        self.workdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: BinaryIO | None = None
+        self._pgid: int | None = None
+
+    # -- addresses -------------------------------------------------------------------
+    def _p(self) -> Ports:
+        if self.ports is None:
+            raise RuntimeError("server not started")
+        return self.ports
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` as tritonclient.grpc expects it."""
+        return f"127.0.0.1:{self._p().grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self._p().http}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self._p().metrics}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("server not started")
+        return self.workdir / "tritonserver.log"
+
+    @property
+    def trace_file(self) -> Path | None:
+        """Prefix of the trace files (Triton writes ``<prefix>.0``, ``<prefix>.1``, ...)."""
+        if self.workdir is None or not self.trace:
+            return None
+        return self.workdir / "trace.json"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> LocalTriton:
+        """Start the server and wait until it and the requested models are ready."""
+        if self._proc is not None:
+            raise RuntimeError("already started")
+        install = self._install or find_triton()
+        attempts = 1 if all(p is not None for p in self._want_ports) else 3
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(install)
+                return self
+            except TritonStartError as exc:
+                bind_clash = "address already in use" in str(exc).lower()
+                if not bind_clash or attempt == attempts:
+                    raise
+                log.warning("triton.port_clash_retry", attempt=attempt)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, install: TritonInstall) -> None:
+        g, h, m = self._want_ports
+        self.ports = Ports(g or free_port(), h or free_port(), m or free_port())
+        if self._workdir_arg is not None:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="dnnscaler-triton-"))
+        backend_dir = install.assemble_backend_dir(self.workdir / "backends")
+        args = [
+            str(install.binary),
+            f"--model-repository={self.model_repo}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={backend_dir}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 5)}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        if self.trace and self.trace_file is not None:
+            args += [
+                "--trace-config=level=TIMESTAMPS",
+                "--trace-config=rate=1",
+                "--trace-config=count=-1",
+                f"--trace-config=triton,file={self.trace_file}",
+                f"--trace-config=triton,log-frequency={self.trace_log_frequency}",
+            ]
+        args += [f"--load-model={name}" for name in self.models]
+        args += self.extra_args
+        log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_fh = log_fh
+        self._proc = subprocess.Popen(
+            args,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=install.environment(),
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self._pgid = self._proc.pid
+        log.info(
+            "triton.starting",
+            pid=self._proc.pid,
+            grpc=self.grpc_url,
+            repo=str(self.model_repo),
+            models=self.models,
+            log=str(self.log_path),
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        urls = [f"{self.http_url}/v2/health/ready"]
+        urls += [f"{self.http_url}/v2/models/{m}/ready" for m in self.models]
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            if all(_http_ok(u) for u in urls):
+                log.info("triton.ready", grpc=self.grpc_url, pid=self.pid)
+                return
+            time.sleep(0.1)
+        raise TritonStartError(
+            f"tritonserver not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, RuntimeError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL the whole process group; clean our /dev/shm files."""
+        proc = self._proc
+        if proc is not None:
+            pgid = proc.pid  # start_new_session: the server leads its own group
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("triton.kill_after_timeout", pid=proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+            # Stubs live in the server's group; none may outlive it.
+            self._reap_group(pgid)
+            log.info("triton.stopped", pid=proc.pid, returncode=proc.returncode)
+        self._proc = None
+        if self._log_fh is not None:
+            with contextlib.suppress(OSError):
+                self._log_fh.close()
+            self._log_fh = None
+        leftovers = self.shm_files()
+        for path in leftovers:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if leftovers:
+            log.warning("triton.shm_leftovers_removed", files=[p.name for p in leftovers])
+
+    @staticmethod
+    def _reap_group(pgid: int) -> None:
+        for _ in range(50):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    def shm_files(self) -> list[Path]:
+        """Files in /dev/shm that belong to this server (by our unique prefix)."""
+        if not SHM_DIR.is_dir():
+            return []
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def group_alive(self) -> bool:
+        """Whether any process of this server's group still exists (after stop: must not)."""
+        if self._pgid is None:
+            return False
+        try:
+            os.killpg(self._pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    # -- context managers ----------------------------------------------------------
+    def __enter__(self) -> LocalTriton:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalTriton:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
