@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dnnscaler demo
+	$(BIN)/dnnscaler demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory protos-check lint typecheck

@@ -26,7 +26,13 @@ from dnnscaler.agents.backend import (
 )
 from dnnscaler.agents.config import AgentConfig
 from dnnscaler.agents.telemetry import GpuIdentity, NvmlTelemetry
-from dnnscaler.core.convert import knobs_from_pb, knobs_to_pb, limits_to_pb, telemetry_to_pb, window_to_pb
+from dnnscaler.core.convert import (
+    knobs_from_pb,
+    knobs_to_pb,
+    limits_to_pb,
+    telemetry_to_pb,
+    window_to_pb,
+)
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, Knobs
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -65,6 +71,7 @@ class Agent:
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] | None = None
         self._apply_locks: dict[str, asyncio.Lock] = {}
         self._seq = 0
+        self._applies: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -78,7 +85,9 @@ class Agent:
                 wait=tenacity.wait_exponential_jitter(
                     multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s
                 ),
-                retry=tenacity.retry_if_exception_type((_NotEstablished, grpc.aio.AioRpcError, OSError)),
+                retry=tenacity.retry_if_exception_type(
+                    (_NotEstablished, grpc.aio.AioRpcError, OSError)
+                ),
                 before_sleep=lambda rs: self.log.info(
                     "controller_unreachable",
                     controller=self.config.controller,
@@ -132,7 +141,9 @@ class Agent:
                 it = call.__aiter__()
                 while True:
                     nxt = asyncio.ensure_future(it.__anext__())
-                    done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {nxt, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if nxt not in done:
                         nxt.cancel()
                         call.cancel()
@@ -154,7 +165,11 @@ class Agent:
                             reporter = asyncio.create_task(self._report_loop(outbox))
                     elif kind == "knob_update" and established:
                         u = msg.knob_update
-                        asyncio.create_task(self._apply(u.model, int(u.generation), knobs_from_pb(u.knobs)))
+                        task = asyncio.create_task(
+                            self._apply(u.model, int(u.generation), knobs_from_pb(u.knobs))
+                        )
+                        self._applies.add(task)
+                        task.add_done_callback(self._applies.discard)
             except grpc.aio.AioRpcError as e:
                 if not established:
                     raise _NotEstablished(f"{e.code().name}: {e.details()}") from e
@@ -263,12 +278,18 @@ class Agent:
             try:
                 outcome = await self.backend.apply(model, knobs)
             except KnobRejected as e:
-                outcome = ApplyOutcome(ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=str(e))
+                outcome = ApplyOutcome(
+                    ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=str(e)
+                )
             except BackendUnavailable as e:
-                outcome = ApplyOutcome(ok=False, knobs_in_force=knobs, error=f"backend unavailable: {e}")
+                outcome = ApplyOutcome(
+                    ok=False, knobs_in_force=knobs, error=f"backend unavailable: {e}"
+                )
             except Exception as e:  # never let one apply take the agent down
                 mlog.exception("apply_crashed")
-                outcome = ApplyOutcome(ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=repr(e))
+                outcome = ApplyOutcome(
+                    ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=repr(e)
+                )
             if outcome.ok and outcome.in_progress:
                 prog.in_progress = (generation, knobs)
             elif outcome.ok:

@@ -13,7 +13,7 @@ from dnnscaler.agents.config import AgentConfig
 from dnnscaler.core.types import InvalidValue
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="run a per-GPU agent")
     p.add_argument("--controller", default="127.0.0.1:50051", help="controller HOST:PORT")
     p.add_argument("--agent-id", default="", help="default: NODE-gpuINDEX")
@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--gpu-index", type=int, default=0)
     p.add_argument("--backend", choices=("sim", "triton"), default="sim")
     p.add_argument(
-        "--sim-model", action="append", default=[], metavar="NAME=PROFILE@RPS",
+        "--sim-model",
+        action="append",
+        default=[],
+        metavar="NAME=PROFILE@RPS",
         help="sim backend: serve PROFILE (see `dnnscaler bench sim --list`) as NAME under a "
         "Poisson load of RPS requests/s; repeatable",
     )
@@ -61,7 +64,9 @@ def build_backend(args: argparse.Namespace) -> Backend:
     for spec in args.sim_model or ["demo=imagenet/Mob-V1-025@200"]:
         name, prof, rate = parse_sim_model(spec)
         if prof not in profiles:
-            raise InvalidValue("--sim-model", f"unknown profile {prof!r}; valid: {', '.join(sorted(profiles))}")
+            raise InvalidValue(
+                "--sim-model", f"unknown profile {prof!r}; valid: {', '.join(sorted(profiles))}"
+            )
         specs[name] = SimModelSpec(profile=profiles[prof], knobs=Knobs(), rate_rps=rate)
     return SimBackend(specs, seed=args.sim_seed)
 

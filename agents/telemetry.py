@@ -7,6 +7,7 @@ read separately so that one unsupported query does not lose the others.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,12 @@ class NvmlTelemetry:
             self.available = True
         except Exception as e:  # NVMLError_LibraryNotFound on a box without a driver
             self.reason = f"{type(e).__name__}: {e}"
-            log.info("nvml_unavailable", gpu=gpu_index, reason=self.reason, effect="GPU telemetry reported as absent")
+            log.info(
+                "nvml_unavailable",
+                gpu=gpu_index,
+                reason=self.reason,
+                effect="GPU telemetry reported as absent",
+            )
 
     def _read(self, fn: str, *args: Any) -> Any:
         if not self.available:
@@ -77,8 +83,6 @@ class NvmlTelemetry:
 
     def close(self) -> None:
         if self.available:
-            try:
+            with contextlib.suppress(Exception):
                 self._nvml.nvmlShutdown()
-            except Exception:
-                pass
             self.available = False

@@ -51,7 +51,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             m.pending_knobs.CopyFrom(knobs_to_pb(loop.pending.knobs))
         return m
 
-    async def ListAgents(  # noqa: N802
+    async def ListAgents(
         self, request: admin_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAgentsResponse:
         now = time.monotonic()
@@ -75,15 +75,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         return out
 
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListModelsResponse:
-        loops = self.registry.loops_for(request.model) if request.model else self.registry.all_loops()
+        loops = (
+            self.registry.loops_for(request.model) if request.model else self.registry.all_loops()
+        )
         if request.model and not loops:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent"
+            )
         return admin_pb2.ListModelsResponse(models=[self._status(lp) for lp in loops])
 
-    async def GetModel(  # noqa: N802
+    async def GetModel(
         self, request: admin_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ModelStatus:
         if not request.model:
@@ -91,7 +95,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         if request.agent_id:
             agent = self.registry.agents.get(request.agent_id)
             if agent is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} is not known")
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} is not known"
+                )
             assert agent is not None
             loop = agent.models.get(request.model)
             if loop is None:
@@ -103,10 +109,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return self._status(loop)
         loops = self.registry.loops_for(request.model)
         if not loops:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent"
+            )
         return self._status(loops[0])
 
-    async def SetSlo(  # noqa: N802
+    async def SetSlo(
         self, request: admin_pb2.SetSloRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetSloResponse:
         if not request.model:
@@ -119,11 +127,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"slo.{e.field}: {e.message}")
             raise  # unreachable; abort raises
         if not self.registry.known_model(request.model):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent"
+            )
         self.registry.settings_for(request.model).slo = slo
-        return admin_pb2.SetSloResponse(models=[self._status(lp) for lp in self.registry.loops_for(request.model)])
+        return admin_pb2.SetSloResponse(
+            models=[self._status(lp) for lp in self.registry.loops_for(request.model)]
+        )
 
-    async def SetPolicy(  # noqa: N802
+    async def SetPolicy(
         self, request: admin_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetPolicyResponse:
         if not request.model:
@@ -135,11 +147,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         loops = self.registry.loops_for(request.model)
         if not loops:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent"
+            )
         params: dict[str, object] = {}
         if request.policy == "static":
             if not request.HasField("knobs"):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "knobs: required for policy 'static'")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "knobs: required for policy 'static'"
+                )
             knobs: Knobs = knobs_from_pb(request.knobs)
             for lp in loops:
                 try:
@@ -151,7 +167,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     )
             params["knobs"] = knobs
         elif request.HasField("knobs"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "knobs: only allowed with policy 'static'")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "knobs: only allowed with policy 'static'"
+            )
         settings = self.registry.settings_for(request.model)
         settings.policy = request.policy
         settings.policy_params = params

@@ -40,7 +40,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.decision_latency_s: list[float] = []  # recent report->decision latencies
 
     # -- stream ------------------------------------------------------------------------
-    async def Connect(  # noqa: N802 (gRPC method name)
+    async def Connect(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
@@ -51,15 +51,23 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             return
         if first.WhichOneof("kind") != "hello":
             await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "the first message on the stream must be a hello"
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first message on the stream must be a hello",
             )
         hello = first.hello
         if not hello.agent_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: must not be empty")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: must not be empty"
+            )
         record = self._register(hello)
         session = record.session
         bound = log.bind(agent=record.agent_id, gpu=record.gpu_index)
-        bound.info("agent_connected", node=record.node, backend=record.backend_kind, models=sorted(record.models))
+        bound.info(
+            "agent_connected",
+            node=record.node,
+            backend=record.backend_kind,
+            models=sorted(record.models),
+        )
         reader = asyncio.create_task(self._read(request_iterator, record))
         yield agent_pb2.ControllerMessage(
             welcome=agent_pb2.Welcome(
@@ -110,7 +118,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             gpu_index=hello.gpu.index,
             gpu_uuid=hello.gpu.uuid,
             gpu_name=hello.gpu.name,
-            gpu_memory_total_mb=hello.gpu.memory_total_mb if hello.gpu.HasField("memory_total_mb") else None,
+            gpu_memory_total_mb=hello.gpu.memory_total_mb
+            if hello.gpu.HasField("memory_total_mb")
+            else None,
             backend_kind=hello.backend_kind,
             backend_available=hello.backend_available,
             backend_message=hello.backend_message,
@@ -125,7 +135,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.registry.agents[rec.agent_id] = rec
         return rec
 
-    def _upsert_model(self, rec: AgentRecord, ms: agent_pb2.ModelState, previous: ModelLoop | None) -> ModelLoop:
+    def _upsert_model(
+        self, rec: AgentRecord, ms: agent_pb2.ModelState, previous: ModelLoop | None
+    ) -> ModelLoop:
         knobs = knobs_from_pb(ms.knobs)
         limits = limits_from_pb(ms.limits)
         mem = ms.instance_memory_mb if ms.HasField("instance_memory_mb") else None
@@ -186,10 +198,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                 )
         for name in list(rec.models):
-            if name not in reported and report.backend_available:
-                # The backend no longer serves it: keep the record, mark it unavailable.
-                rec.models[name].available = False
-                rec.models[name].message = "not reported by the agent"
+            if name in reported:
+                continue
+            # Keep the record (and its settings); say why it is not being controlled.
+            rec.models[name].available = False
+            rec.models[name].message = (
+                "not served by the backend any more"
+                if report.backend_available
+                else f"backend unavailable: {report.backend_message}"
+            )
         lat = time.monotonic() - t0
         self.decision_latency_s.append(lat)
         if len(self.decision_latency_s) > 10_000:
@@ -201,7 +218,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             log.warning("apply_result_for_unknown_model", agent=rec.agent_id, model=res.model)
             return
         loop.on_apply_result(
-            int(res.generation), res.ok, knobs_from_pb(res.knobs_in_force), res.error, res.in_progress
+            int(res.generation),
+            res.ok,
+            knobs_from_pb(res.knobs_in_force),
+            res.error,
+            res.in_progress,
         )
 
     # -- housekeeping ------------------------------------------------------------------
@@ -214,5 +235,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 rec.outbox.put_nowait(_CLOSE)
                 del self.registry.agents[aid]
                 dropped.append(aid)
-                log.warning("agent_dropped_stale", agent=aid, silent_s=round(now - rec.last_seen_s, 1))
+                log.warning(
+                    "agent_dropped_stale", agent=aid, silent_s=round(now - rec.last_seen_s, 1)
+                )
         return dropped

@@ -13,14 +13,16 @@ from dnnscaler.core.logging import get_logger
 log = get_logger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("controller", help="run the central controller (gRPC)")
     d = ControllerConfig.__dataclass_fields__
     p.add_argument("--listen", default=d["listen"].default, help="HOST:PORT to serve on")
     p.add_argument("--report-interval-s", type=float, default=d["report_interval_s"].default)
     p.add_argument("--stale-after-s", type=float, default=d["stale_after_s"].default)
     p.add_argument("--apply-timeout-s", type=float, default=d["apply_timeout_s"].default)
-    p.add_argument("--policy", default=d["default_policy"].default, help="default policy for new models")
+    p.add_argument(
+        "--policy", default=d["default_policy"].default, help="default policy for new models"
+    )
     p.add_argument("--default-slo-ms", type=float, default=d["default_slo_ms"].default)
     p.add_argument("--default-percentile", type=float, default=d["default_percentile"].default)
     p.set_defaults(func=run)

@@ -86,7 +86,9 @@ class ModelLoop:
         if self.pending is not None and generation >= self.pending.generation:
             self.pending = None
 
-    def on_apply_result(self, generation: int, ok: bool, in_force: Knobs, error: str, in_progress: bool) -> None:
+    def on_apply_result(
+        self, generation: int, ok: bool, in_force: Knobs, error: str, in_progress: bool
+    ) -> None:
         if self.pending is None or generation != self.pending.generation:
             return
         self.knobs = in_force
@@ -128,7 +130,9 @@ class ModelLoop:
                 self._state = self._policy.initial_state(obs)
             decision = self._policy.decide(obs, self._state)
         except Exception as e:  # a policy bug must not take the controller down
-            log.exception("policy_error", agent=self.agent_id, model=self.model, policy=self.policy_name)
+            log.exception(
+                "policy_error", agent=self.agent_id, model=self.model, policy=self.policy_name
+            )
             self.last_error = f"policy {self.policy_name}: {e}"
             return None
         self._state = decision.state
@@ -142,7 +146,9 @@ class ModelLoop:
         try:
             want.validate(self.limits)
             if want.instances > fit:
-                raise InvalidValue("instances", f"{want.instances} would not fit in GPU memory (max {fit})")
+                raise InvalidValue(
+                    "instances", f"{want.instances} would not fit in GPU memory (max {fit})"
+                )
         except InvalidValue as e:
             log.error("policy_out_of_limits", agent=self.agent_id, model=self.model, error=str(e))
             self.last_error = f"policy {self.policy_name} proposed invalid knobs: {e}"

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-import structlog
 from dnnscaler.controller.admin_service import AdminService
 from dnnscaler.controller.agent_service import AgentService
 from dnnscaler.controller.config import ControllerConfig
@@ -78,7 +78,11 @@ class Controller:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reaper = asyncio.create_task(self._reap_forever())
-        log.info("controller_started", address=self.address, controller_id=self.agent_service.controller_id)
+        log.info(
+            "controller_started",
+            address=self.address,
+            controller_id=self.agent_service.controller_id,
+        )
 
     async def _reap_forever(self) -> None:
         while True:

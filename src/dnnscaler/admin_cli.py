@@ -28,7 +28,7 @@ EXIT_CODES = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", default="127.0.0.1:50051", help="controller HOST:PORT")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -80,8 +80,12 @@ def _run(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Await
     if args.json:
         if isinstance(result, _Status):
             doc = {
-                "agents": MessageToDict(result.agents, preserving_proto_field_name=True).get("agents", []),
-                "models": MessageToDict(result.models, preserving_proto_field_name=True).get("models", []),
+                "agents": MessageToDict(result.agents, preserving_proto_field_name=True).get(
+                    "agents", []
+                ),
+                "models": MessageToDict(result.models, preserving_proto_field_name=True).get(
+                    "models", []
+                ),
             }
         else:
             doc = MessageToDict(result, preserving_proto_field_name=True)
@@ -102,7 +106,9 @@ async def _models(stub: Any, a: argparse.Namespace) -> Any:
 
 
 async def _model(stub: Any, a: argparse.Namespace) -> Any:
-    return await stub.GetModel(admin_pb2.GetModelRequest(model=a.model, agent_id=a.agent), timeout=a.timeout_s)
+    return await stub.GetModel(
+        admin_pb2.GetModelRequest(model=a.model, agent_id=a.agent), timeout=a.timeout_s
+    )
 
 
 async def _set_slo(stub: Any, a: argparse.Namespace) -> Any:
@@ -139,8 +145,21 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 def model_rows(models: list[admin_pb2.ModelStatus]) -> Table:
     t = Table(title="models")
-    for col in ("agent", "model", "SLO", "policy", "approach", "batch", "inst", "delay µs",
-                "tput rps", "p-lat ms", "gen", "changes", "note"):
+    for col in (
+        "agent",
+        "model",
+        "SLO",
+        "policy",
+        "approach",
+        "batch",
+        "inst",
+        "delay µs",
+        "tput rps",
+        "p-lat ms",
+        "gen",
+        "changes",
+        "note",
+    ):
         t.add_column(col)
     for m in models:
         w = m.last_window
@@ -157,11 +176,21 @@ def model_rows(models: list[admin_pb2.ModelStatus]) -> Table:
         if m.HasField("pending_knobs"):
             pend = f"→ b{m.pending_knobs.max_batch_size}/n{m.pending_knobs.instances}"
         t.add_row(
-            m.agent_id, m.model, f"p{pct:g}≤{m.slo.latency_ms:g}ms", m.policy, m.approach,
-            str(m.knobs.max_batch_size), str(m.knobs.instances), str(m.knobs.queue_delay_us),
-            _fmt(w.throughput_rps if m.HasField("last_window") else None), _fmt(lat),
-            str(m.generation), str(m.knob_changes),
-            " ".join(x for x in (pend, m.last_error if not m.available or m.last_error else "") if x),
+            m.agent_id,
+            m.model,
+            f"p{pct:g}≤{m.slo.latency_ms:g}ms",
+            m.policy,
+            m.approach,
+            str(m.knobs.max_batch_size),
+            str(m.knobs.instances),
+            str(m.knobs.queue_delay_us),
+            _fmt(w.throughput_rps if m.HasField("last_window") else None),
+            _fmt(lat),
+            str(m.generation),
+            str(m.knob_changes),
+            " ".join(
+                x for x in (pend, m.last_error if not m.available or m.last_error else "") if x
+            ),
         )
     return t
 
@@ -172,13 +201,26 @@ def _print(result: Any) -> None:
         console = Console(width=200)  # pipes and logs: do not squeeze the tables to 80 columns
     if isinstance(result, _Status):
         t = Table(title="agents")
-        for col in ("agent", "node", "gpu", "backend", "connected", "backend ok", "last report s",
-                    "util %", "mem MB", "models"):
+        for col in (
+            "agent",
+            "node",
+            "gpu",
+            "backend",
+            "connected",
+            "backend ok",
+            "last report s",
+            "util %",
+            "mem MB",
+            "models",
+        ):
             t.add_column(col)
         for a in result.agents.agents:
             tel = a.telemetry
             t.add_row(
-                a.agent_id, a.node, f"{a.gpu.index} {a.gpu.name}".strip(), a.backend_kind,
+                a.agent_id,
+                a.node,
+                f"{a.gpu.index} {a.gpu.name}".strip(),
+                a.backend_kind,
                 "yes" if a.connected else "no",
                 "yes" if a.backend_available else f"no: {a.backend_message}",
                 f"{a.last_report_age_s:.1f}",
@@ -188,7 +230,10 @@ def _print(result: Any) -> None:
             )
         console.print(t)
         console.print(model_rows(list(result.models.models)))
-    elif isinstance(result, (admin_pb2.ListModelsResponse, admin_pb2.SetSloResponse, admin_pb2.SetPolicyResponse)):
+    elif isinstance(
+        result,
+        (admin_pb2.ListModelsResponse, admin_pb2.SetSloResponse, admin_pb2.SetPolicyResponse),
+    ):
         console.print(model_rows(list(result.models)))
     elif isinstance(result, admin_pb2.ModelStatus):
         console.print(model_rows([result]))

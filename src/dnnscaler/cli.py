@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dnnscaler {__version__}")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument(
-        "--log-json", action=argparse.BooleanOptionalAction, default=None,
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="JSON log lines (default: when stderr is not a TTY)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

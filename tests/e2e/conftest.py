@@ -37,7 +37,10 @@ class RunningAgent:
 @pytest.fixture
 def controller_config() -> ControllerConfig:
     return ControllerConfig(
-        listen="127.0.0.1:0", report_interval_s=0.5, stale_after_s=3.0, default_policy="aimd",
+        listen="127.0.0.1:0",
+        report_interval_s=0.5,
+        stale_after_s=3.0,
+        default_policy="aimd",
         grace_s=0.5,
     )
 
@@ -61,7 +64,10 @@ async def start_agent() -> AsyncIterator[Callable[..., Any]]:
     started: list[RunningAgent] = []
 
     async def _start(
-        address: str, agent_id: str, models: dict[str, tuple[str, float]], seed: int = 0,
+        address: str,
+        agent_id: str,
+        models: dict[str, tuple[str, float]],
+        seed: int = 0,
         knobs: Knobs | None = None,
     ) -> RunningAgent:
         profiles = shipped_profiles()
@@ -71,7 +77,9 @@ async def start_agent() -> AsyncIterator[Callable[..., Any]]:
         }
         backend = SimBackend(specs, seed=seed)
         agent = Agent(
-            AgentConfig(controller=address, agent_id=agent_id, backoff_initial_s=0.1, backoff_max_s=0.5),
+            AgentConfig(
+                controller=address, agent_id=agent_id, backoff_initial_s=0.1, backoff_max_s=0.5
+            ),
             backend,
         )
         ra = RunningAgent(agent, backend, asyncio.create_task(agent.run()))

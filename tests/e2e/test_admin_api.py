@@ -55,11 +55,15 @@ async def test_set_slo_rejects_bad_values_and_keeps_the_old_one(served, admin) -
         (common_pb2.Slo(percentile=0, latency_ms=10), "percentile"),
     ]
     for slo, field in bad:
-        code, details = await _code(admin.SetSlo(admin_pb2.SetSloRequest(model="inception", slo=slo)))
+        code, details = await _code(
+            admin.SetSlo(admin_pb2.SetSloRequest(model="inception", slo=slo))
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert field in details
     code, details = await _code(
-        admin.SetSlo(admin_pb2.SetSloRequest(model="nope", slo=common_pb2.Slo(percentile=99, latency_ms=5)))
+        admin.SetSlo(
+            admin_pb2.SetSloRequest(model="nope", slo=common_pb2.Slo(percentile=99, latency_ms=5))
+        )
     )
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in details
     m = await admin.GetModel(admin_pb2.GetModelRequest(model="inception"))
@@ -69,26 +73,36 @@ async def test_set_slo_rejects_bad_values_and_keeps_the_old_one(served, admin) -
 async def test_get_model_not_found(served, admin) -> None:
     code, _ = await _code(admin.GetModel(admin_pb2.GetModelRequest(model="nope")))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, details = await _code(admin.GetModel(admin_pb2.GetModelRequest(model="inception", agent_id="ghost")))
+    code, details = await _code(
+        admin.GetModel(admin_pb2.GetModelRequest(model="inception", agent_id="ghost"))
+    )
     assert code == grpc.StatusCode.NOT_FOUND and "ghost" in details
     code, _ = await _code(admin.GetModel(admin_pb2.GetModelRequest(model="")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_set_policy_validates_and_static_pins_knobs(served, admin) -> None:
-    code, details = await _code(admin.SetPolicy(admin_pb2.SetPolicyRequest(model="inception", policy="magic")))
+    code, details = await _code(
+        admin.SetPolicy(admin_pb2.SetPolicyRequest(model="inception", policy="magic"))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "aimd" in details
     code, details = await _code(
         admin.SetPolicy(
             admin_pb2.SetPolicyRequest(
-                model="inception", policy="static", knobs=common_pb2.Knobs(max_batch_size=100000, instances=1)
+                model="inception",
+                policy="static",
+                knobs=common_pb2.Knobs(max_batch_size=100000, instances=1),
             )
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in details
     code, details = await _code(
         admin.SetPolicy(
-            admin_pb2.SetPolicyRequest(model="inception", policy="static", knobs=common_pb2.Knobs(max_batch_size=1, instances=99))
+            admin_pb2.SetPolicyRequest(
+                model="inception",
+                policy="static",
+                knobs=common_pb2.Knobs(max_batch_size=1, instances=99),
+            )
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "instances" in details
@@ -97,7 +111,9 @@ async def test_set_policy_validates_and_static_pins_knobs(served, admin) -> None
 
     await admin.SetPolicy(
         admin_pb2.SetPolicyRequest(
-            model="inception", policy="static", knobs=common_pb2.Knobs(max_batch_size=8, instances=2)
+            model="inception",
+            policy="static",
+            knobs=common_pb2.Knobs(max_batch_size=8, instances=2),
         )
     )
 
@@ -111,7 +127,10 @@ async def test_set_policy_validates_and_static_pins_knobs(served, admin) -> None
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dnnscaler.cli", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -124,9 +143,13 @@ async def test_cli_verbs_and_exit_codes(served) -> None:
     assert doc["models"][0]["model"] == "inception"
     r = await asyncio.to_thread(_cli, "status", "--controller", addr)
     assert r.returncode == 0 and "inception" in r.stdout
-    r = await asyncio.to_thread(_cli, "set-slo", "inception", "--latency-ms", "30", "--controller", addr)
+    r = await asyncio.to_thread(
+        _cli, "set-slo", "inception", "--latency-ms", "30", "--controller", addr
+    )
     assert r.returncode == 0, r.stderr
-    r = await asyncio.to_thread(_cli, "set-slo", "inception", "--latency-ms", "-1", "--controller", addr)
+    r = await asyncio.to_thread(
+        _cli, "set-slo", "inception", "--latency-ms", "-1", "--controller", addr
+    )
     assert r.returncode == 2 and "latency_ms" in r.stderr
     r = await asyncio.to_thread(_cli, "set-slo", "ghost", "--latency-ms", "5", "--controller", addr)
     assert r.returncode == 3 and "ghost" in r.stderr

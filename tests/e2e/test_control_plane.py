@@ -32,8 +32,12 @@ async def test_reflection_lists_admin_and_agent_services(controller: Controller)
 
 async def test_aimd_moves_knobs_and_slo_holds(controller, admin, start_agent) -> None:
     # Two agents, different profiles: a batching-friendly and a light network.
-    a1 = await start_agent(controller.address, "node-a-gpu0", {"inception": ("imagenet/Inc-V1", 60.0)})
-    a2 = await start_agent(controller.address, "node-b-gpu0", {"mobilenet": ("caltech/Mob-V2-1", 80.0)}, seed=1)
+    a1 = await start_agent(
+        controller.address, "node-a-gpu0", {"inception": ("imagenet/Inc-V1", 60.0)}
+    )
+    a2 = await start_agent(
+        controller.address, "node-b-gpu0", {"mobilenet": ("caltech/Mob-V2-1", 80.0)}, seed=1
+    )
     await wait_for(lambda: len(controller.registry.agents) == 2)
     for model, lat in (("inception", 60.0), ("mobilenet", 40.0)):
         resp = await admin.SetSlo(
@@ -75,12 +79,16 @@ async def test_aimd_backs_off_when_slo_tightened(controller, admin, start_agent)
     from dnnscaler.core.types import Knobs
 
     await start_agent(
-        controller.address, "node-a-gpu0", {"inception": ("imagenet/Inc-V1", 100.0)},
+        controller.address,
+        "node-a-gpu0",
+        {"inception": ("imagenet/Inc-V1", 100.0)},
         knobs=Knobs(max_batch_size=64, instances=1, queue_delay_us=0),
     )
     await wait_for(lambda: controller.registry.known_model("inception"))
     await admin.SetSlo(
-        admin_pb2.SetSloRequest(model="inception", slo=common_pb2.Slo(percentile=95, latency_ms=12.0))
+        admin_pb2.SetSloRequest(
+            model="inception", slo=common_pb2.Slo(percentile=95, latency_ms=12.0)
+        )
     )
 
     async def shrunk() -> bool:
@@ -138,7 +146,9 @@ async def test_agent_started_before_controller_connects_with_backoff(
     ra = await start_agent(f"127.0.0.1:{port}", "early", {"m": ("imagenet/Inc-V1", 50.0)})
     await asyncio.sleep(1.5)
     assert ra.agent.sessions == 0
-    c = Controller(ControllerConfig(**{**controller_config.__dict__, "listen": f"127.0.0.1:{port}"}))
+    c = Controller(
+        ControllerConfig(**{**controller_config.__dict__, "listen": f"127.0.0.1:{port}"})
+    )
     await c.start()
     try:
         await wait_for(lambda: ra.agent.sessions == 1, timeout_s=20)

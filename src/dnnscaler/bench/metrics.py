@@ -30,7 +30,7 @@ class Staircase:
 
     @property
     def max_steps(self) -> int:
-        return int(round((self.max_frac - self.start_frac) / self.step_frac)) + 1
+        return round((self.max_frac - self.start_frac) / self.step_frac) + 1
 
     def rate(self, capacity_rps: float, window: int) -> float:
         j = window // self.step_windows

@@ -3,9 +3,9 @@
 Capacity of a config = the highest open-loop Poisson rate at which the p-th percentile of
 end-to-end latency stays within the SLO over a fixed measurement (a fixed number of requests
 after a warm-up, fixed seed), found by bisection. The sweep stays affordable by pruning: a
-config is skipped when its analytic bound (the best ``n * b' / latency(b', n)`` over batch sizes
-``b' <= b`` and busy instances ``m <= n`` whose service time alone fits the SLO) cannot beat the best capacity found by 1 %,
-or when it fails at that rate.
+config is skipped when its analytic bound (the best ``m * b' / latency(b', m)`` over batch
+sizes ``b' <= b`` and busy instances ``m <= n`` whose service time alone fits the SLO) cannot
+beat the best capacity found by 1 %, or when it fails at that rate.
 """
 
 from __future__ import annotations

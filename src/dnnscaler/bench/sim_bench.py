@@ -8,6 +8,7 @@ then per policy a staircase run and two dynamic scenarios (SLO halved mid-run; l
 
 from __future__ import annotations
 
+import itertools
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -98,6 +99,11 @@ def make_bench_policy(name: str, profile: Profile, oracle: OracleResult) -> Poli
     return make_policy(name)
 
 
+def _ramp(i: int, warm: int, st: m.Staircase, cap: float) -> float:
+    """Warm-up load: a linear ramp from 1/warm of the first step's rate up to it."""
+    return st.start_frac * cap * (i + 1) / warm
+
+
 def initial_knobs(name: str, profile: Profile, oracle: OracleResult) -> Knobs:
     """What is deployed when a policy takes over: the oracle's config for the oracle, the
     server's default (one instance, the model's own max batch, no queue delay) otherwise."""
@@ -111,9 +117,7 @@ def _final(windows: Sequence[WindowRecord]) -> tuple[Knobs, str]:
     return w.knobs, w.approach
 
 
-def run_policy(
-    profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfig
-) -> PolicyOutcome:
+def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfig) -> PolicyOutcome:
     """Staircase plus the two dynamic scenarios for one policy on one profile."""
     slo = cfg.slo_for(profile)
     half_slo = Slo(slo.latency_ms / 2, slo.percentile)
@@ -136,7 +140,7 @@ def run_policy(
         profile,
         fresh(),
         label=name,
-        rate_at=lambda i: st.rate(cap, max(0, i - warm)),
+        rate_at=lambda i: st.rate(cap, i - warm) if i >= warm else _ramp(i, warm, st, cap),
         slo_at=lambda i: slo,
         windows=warm + st.max_steps * st.step_windows,
         window_s=win,
@@ -190,7 +194,8 @@ def run_policy(
         ratio_to_oracle=online / cap if cap > 0 else None,
         violation_rate=m.violation_rate(scen_windows),
         settle_windows=load[0].settle_windows[0],
-        failed_requests=stair.failed_requests + load[1].failed_requests
+        failed_requests=stair.failed_requests
+        + load[1].failed_requests
         + slo_run[1].failed_requests,
         knob_changes=stair.knob_changes,
         slo_ms=slo.latency_ms,
@@ -227,9 +232,7 @@ def _scenario(
         initial_knobs=initial_knobs,
     )
     bounds = [*changes, len(tr.windows)]
-    settles = tuple(
-        m.settle_windows(tr.windows[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
-    )
+    settles = tuple(m.settle_windows(tr.windows[a:b]) for a, b in itertools.pairwise(bounds))
     res = ScenarioResult(
         name=name,
         rate_rps=rate,

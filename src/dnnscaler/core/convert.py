@@ -116,7 +116,9 @@ def window_from_pb(m: common_pb2.WindowStats) -> WindowStats:
         compute_mean_ms=_opt(m, "compute_mean_ms"),
         pending_requests=int(m.pending_requests) if m.HasField("pending_requests") else None,
         batch_stats={
-            int(s.batch_size): BatchStat(count=int(s.count), compute_ms_mean=float(s.compute_ms_mean))
+            int(s.batch_size): BatchStat(
+                count=int(s.count), compute_ms_mean=float(s.compute_ms_mean)
+            )
             for s in m.batch_stats
         },
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
 class InvalidValue(ValueError):
@@ -22,7 +22,7 @@ class InvalidValue(ValueError):
         self.message = message
 
 
-class Approach(str, Enum):
+class Approach(StrEnum):
     """Which knob a policy is currently pushing."""
 
     UNDECIDED = "undecided"
@@ -196,5 +196,5 @@ def instances_that_fit(
     if gpu.memory_total_mb is None or gpu.memory_used_mb is None:
         return limits.max_instances
     free_mb = gpu.memory_total_mb - gpu.memory_used_mb
-    extra = int(math.floor(free_mb / instance_memory_mb + 1e-9))
+    extra = math.floor(free_mb / instance_memory_mb + 1e-9)
     return max(1, min(limits.max_instances, current_instances + max(0, extra)))

@@ -1,13 +1,287 @@
-"""``dnnscaler``: our default policy. First version delegates to the paper's batching scaler;
-the model-based controller replaces it."""
+"""``dnnscaler``: our default policy — model-based choice of batching, instances or both.
+
+The best static config for an SLO does not depend on the load, only on the latency surface
+and the SLO. So the policy:
+
+1. learns the surface ``c(b, m)`` from every window's executed batch sizes and compute
+   times (``latency_surface``), with a contention prior from the known networks;
+2. predicts each config's capacity under the tail SLO (``capacity_model``), corrected by
+   what it has measured at configs it has run (a *floor*: highest load served within the
+   SLO; a *ceiling*: lowest load that broke it);
+3. moves to the best predicted config — one change at a time, after the previous one has
+   been in force for ``dwell_s``, only for a predicted gain of ``min_gain`` or more
+   (hysteresis: no oscillation in steady state), at most ``max_instance_step`` instances
+   per change;
+4. guards the measured tail: a window over the SLO records a ceiling for the config in force
+   and triggers an immediate re-plan (no dwell) to a config predicted to do better.
+
+The batcher queue delay is 0: with instances busy, batches form from what queued while they
+ran; a delay would only add latency at light load. Knobs never leave ``obs.limits`` nor the
+instance count that fits in GPU memory. Everything is reasoned from ``obs.knobs`` (what is
+in force) and elapsed time (``obs.now_s``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 
-from dnnscaler.policies.paper import PaperPolicy
+from dnnscaler.core.types import Approach, Knobs, Observation, instances_that_fit
+from dnnscaler.policies.base import Decision
+from dnnscaler.policies.capacity_model import capacity_rps
+from dnnscaler.policies.latency_surface import Surface
 
 
 @dataclass(frozen=True)
-class DnnScalerPolicy(PaperPolicy):
+class ConfigRecord:
+    """What was measured at one config under the current SLO (0.0 = nothing yet)."""
+
+    max_batch_size: int
+    instances: int
+    floor_rps: float = 0.0
+    ceiling_rps: float = 0.0
+    updated_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    max_batch_size: int
+    instances: int
+    capacity_rps: float
+
+
+@dataclass(frozen=True)
+class DnnScalerState:
+    surface: Surface = field(default_factory=Surface)
+    target: Knobs = field(default_factory=Knobs)
+    changed_s: float = 0.0
+    in_force_s: float | None = None
+    slo_ms: float = 0.0
+    slo_percentile: float = 0.0
+    records: tuple[ConfigRecord, ...] = ()
+    last_pending: int = 0
+    plan_key: str = ""
+    plan: tuple[PlanEntry, ...] = ()
+    over_windows: int = 0
+
+
+def batch_grid(max_batch_size: int) -> tuple[int, ...]:
+    """Candidate batch sizes: powers of two up to the limit, and the limit itself."""
+    out = [1]
+    while out[-1] * 2 <= max_batch_size:
+        out.append(out[-1] * 2)
+    if out[-1] != max_batch_size:
+        out.append(max_batch_size)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class DnnScalerPolicy:
+    """Tunables; the defaults are what the benchmarks run."""
+
+    dwell_s: float = 2.0  # a config stays in force this long before a planned change
+    min_gain: float = 0.05  # planned changes need this predicted capacity gain
+    tail_margin: float = 0.85  # plan for tails at this fraction of the SLO
+    max_instance_step: int = 4
+    apply_timeout_s: float = 10.0  # a target not in force after this is abandoned
+    memory_s: float = 60.0  # half-life of the latency-surface evidence
+    record_memory_s: float = 300.0  # measured floors/ceilings are forgotten after this
     name: str = "dnnscaler"
+
+    def initial_state(self, obs: Observation) -> DnnScalerState:
+        return DnnScalerState(
+            target=obs.knobs,
+            changed_s=obs.now_s,
+            in_force_s=obs.now_s - obs.window.window_s,
+            slo_ms=obs.slo.latency_ms,
+            slo_percentile=obs.slo.percentile,
+            last_pending=obs.window.pending_requests or 0,
+        )
+
+    # ------------------------------------------------------------------------------------
+
+    def decide(self, obs: Observation, state: DnnScalerState) -> Decision[DnnScalerState]:
+        n_fit = instances_that_fit(obs.limits, obs.knobs.instances, obs.instance_memory_mb, obs.gpu)
+        if (obs.slo.latency_ms, obs.slo.percentile) != (state.slo_ms, state.slo_percentile):
+            state = replace(
+                state,
+                slo_ms=obs.slo.latency_ms,
+                slo_percentile=obs.slo.percentile,
+                records=(),
+                plan_key="",
+                over_windows=0,
+            )
+        target = self._legal(state.target, obs, n_fit)
+        if target != state.target:
+            state = replace(state, target=target, changed_s=obs.now_s, in_force_s=None)
+        if not self._in_force(obs.knobs, target):
+            if obs.now_s - state.changed_s < self.apply_timeout_s:
+                return self._hold(state, "waiting for the change to take effect")
+            # The agent did not apply it (or rolled it back): start again from what is true.
+            target = self._legal(obs.knobs, obs, n_fit)
+            state = replace(state, target=target, changed_s=obs.now_s, in_force_s=obs.now_s)
+            return self._hold(state, "the previous change was not applied; re-planning")
+        if state.in_force_s is None:
+            state = replace(state, in_force_s=obs.now_s)
+            return self._hold(state, "change in force; measuring")
+        w = obs.window
+        pending = w.pending_requests or 0
+        if obs.now_s - w.window_s < state.in_force_s - 1e-6:
+            # This window mixes the old config; do not learn from it.
+            return self._hold(replace(state, last_pending=pending), "settling")
+        latency = obs.latency_ms
+        if latency is None or w.completed == 0:
+            return self._hold(replace(state, last_pending=pending), "no completed requests")
+
+        surface = state.surface.observe(w, obs.knobs.instances, obs.now_s, self.memory_s)
+        load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
+        slo = obs.slo.latency_ms
+        over = latency > slo
+        records = self._record(state.records, target, load, over, obs.now_s)
+        state = replace(
+            state,
+            surface=surface,
+            records=records,
+            last_pending=pending,
+            over_windows=state.over_windows + 1 if over else 0,
+        )
+        state = self._replan(state, obs, n_fit)
+        caps = {(p.max_batch_size, p.instances): p.capacity_rps for p in state.plan}
+        if not caps:
+            return self._hold(state, "no feasible config predicted")
+        best = max(state.plan, key=lambda p: p.capacity_rps)
+        cur_cap = caps.get((target.max_batch_size, target.instances), 0.0)
+        why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
+        if over:
+            if best.capacity_rps > cur_cap:
+                return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
+            return self._hold(state, f"over the SLO at the best known config ({why_tail})")
+        in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
+        if obs.now_s - in_force_s < self.dwell_s:
+            return self._hold(state, f"dwelling ({why_tail})")
+        if best.capacity_rps >= cur_cap * (1.0 + self.min_gain) and (
+            best.max_batch_size,
+            best.instances,
+        ) != (target.max_batch_size, target.instances):
+            return self._move(state, obs, best, n_fit, f"{why_tail}: ")
+        return self._hold(state, f"holding, predicted capacity {cur_cap:.0f} rps ({why_tail})")
+
+    # ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _in_force(knobs: Knobs, target: Knobs) -> bool:
+        return (knobs.max_batch_size, knobs.instances) == (target.max_batch_size, target.instances)
+
+    @staticmethod
+    def _legal(k: Knobs, obs: Observation, n_fit: int) -> Knobs:
+        k = k.clamp(obs.limits)
+        return Knobs(k.max_batch_size, min(k.instances, max(1, n_fit)), 0)
+
+    def _hold(self, state: DnnScalerState, why: str) -> Decision[DnnScalerState]:
+        return Decision(state.target, state, _approach(state.target), why)
+
+    def _move(
+        self,
+        state: DnnScalerState,
+        obs: Observation,
+        best: PlanEntry,
+        n_fit: int,
+        why: str,
+    ) -> Decision[DnnScalerState]:
+        cur = state.target
+        step = self.max_instance_step
+        n = min(max(best.instances, cur.instances - step), cur.instances + step)
+        new = self._legal(Knobs(best.max_batch_size, n, 0), obs, n_fit)
+        if new == cur:
+            return self._hold(state, why + "no legal step")
+        state = replace(state, target=new, changed_s=obs.now_s, in_force_s=None, over_windows=0)
+        return Decision(
+            new,
+            state,
+            _approach(new),
+            why + f"b {cur.max_batch_size}->{new.max_batch_size}, n {cur.instances}->{n} "
+            f"(predicted {best.capacity_rps:.0f} rps)",
+        )
+
+    def _record(
+        self,
+        records: tuple[ConfigRecord, ...],
+        knobs: Knobs,
+        load: float,
+        over: bool,
+        now_s: float,
+    ) -> tuple[ConfigRecord, ...]:
+        kept = [r for r in records if now_s - r.updated_s <= self.record_memory_s]
+        key = (knobs.max_batch_size, knobs.instances)
+        old = next((r for r in kept if (r.max_batch_size, r.instances) == key), None)
+        rec = old or ConfigRecord(*key)
+        if over:
+            ceiling = load if rec.ceiling_rps <= 0 else min(rec.ceiling_rps, load)
+            rec = replace(rec, ceiling_rps=ceiling, floor_rps=min(rec.floor_rps, 0.97 * ceiling))
+        elif load > rec.floor_rps:
+            ceiling = rec.ceiling_rps
+            if ceiling > 0 and load >= ceiling:
+                ceiling = 0.0  # served more than the old ceiling: the ceiling was noise
+            rec = replace(rec, floor_rps=load, ceiling_rps=ceiling)
+        rec = replace(rec, updated_s=now_s)
+        others = [r for r in kept if (r.max_batch_size, r.instances) != key]
+        return (*others[-31:], rec)
+
+    def _replan(self, state: DnnScalerState, obs: Observation, n_fit: int) -> DnnScalerState:
+        surface = state.surface
+        n_max = max(1, min(obs.limits.max_instances, n_fit))
+        grid = batch_grid(obs.limits.max_batch_size)
+        curve = surface.curve(n_max)
+        key = ";".join(
+            [
+                f"{obs.slo.latency_ms:.4g}/{obs.slo.percentile:g}/{n_max}/{grid[-1]}",
+                f"{_q(surface.alpha)}",
+                ",".join(_q(x) for x in curve),
+                ",".join(
+                    f"{r.max_batch_size}/{r.instances}/{_q(r.floor_rps)}/{_q(r.ceiling_rps)}"
+                    for r in state.records
+                ),
+            ]
+        )
+        if key == state.plan_key:
+            return state
+        peak = surface.peak_rps(curve, grid[-1])
+        bound = self.tail_margin * obs.slo.latency_ms
+        quantile = obs.slo.percentile / 100.0
+        recs = {(r.max_batch_size, r.instances): r for r in state.records}
+        plan = []
+        for n in range(1, n_max + 1):
+            lat = curve[n - 1]
+            for b in grid:
+                cap = capacity_rps(n, b, lat, surface.alpha, bound, quantile, peak)
+                r = recs.get((b, n))
+                if r is not None:
+                    cap = max(cap, r.floor_rps)
+                    if r.ceiling_rps > 0:
+                        cap = min(cap, 0.97 * r.ceiling_rps)
+                plan.append(PlanEntry(b, n, cap))
+        # Among near-equal configs prefer fewer instances and smaller batches (less memory,
+        # less batch-size drift): rank by capacity rounded to 2 %.
+        plan.sort(key=lambda p: (-_bucket(p.capacity_rps), p.instances, p.max_batch_size))
+        return replace(state, plan_key=key, plan=tuple(plan))
+
+
+def _q(x: float) -> str:
+    """Value quantised to ~2 % steps, so that noise does not force a re-plan."""
+    if x <= 0:
+        return "0"
+    return str(round(math.log(x) / math.log(1.02)))
+
+
+def _bucket(x: float) -> int:
+    return round(math.log(x) / math.log(1.02)) if x > 0 else -(10**9)
+
+
+def _approach(k: Knobs) -> Approach:
+    if k.max_batch_size > 1 and k.instances > 1:
+        return Approach.HYBRID
+    if k.instances > 1:
+        return Approach.MULTI_TENANCY
+    if k.max_batch_size > 1:
+        return Approach.BATCHING
+    return Approach.UNDECIDED

@@ -35,7 +35,7 @@ FAMILY_BATCH_ALPHA: dict[str, float] = {
     "Mob-V2": 0.51,  # MobileNetV2, TensorRT FP32 on T4 (Paddle Inference GPU benchmark)
     "NAS": 0.51,  # assumed like MobileNetV2 (separable-conv mobile nets); no published table
     "PNAS": 0.51,  # assumed like MobileNetV2
-    "Res": 0.22,  # ResNet-50, TensorRT FP32 on V100 (public gist, TensorRT 4)
+    "Res": 0.25,  # ResNet-50, TensorRT FP32 on V100 (public gist, TensorRT 4)
     "DeePVS": 0.8,  # assumed: video saliency nets already fill the GPU at batch 1
 }
 

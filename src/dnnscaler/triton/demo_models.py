@@ -1,10 +1,11 @@
 """Demo models built in code (random weights, fixed seeds) for a local Triton.
 
-Three Python-backend models whose best static config differs on a 2-core CPU:
+Python-backend models whose best static config differs on a 2-core CPU:
 
 - ``wide_mlp`` — batching-heavy (weight streaming dominates; a batch costs ~one input).
 - ``serial_io`` — instance-heavy (per-input device wait that does not batch).
 - ``resnet_small`` — a small real CNN (CIFAR-style ResNet in torch).
+- ``echo`` — no work: measures serving and load-generator overheads (tests use it).
 
 Each config declares the limits the agent must respect, as config ``parameters``:
 ``dnnscaler.max_batch_size``, ``dnnscaler.max_instances``, ``dnnscaler.max_queue_delay_us``
@@ -108,6 +109,18 @@ DEMO_MODELS: dict[str, DemoModel] = {
             approach="hybrid",
             demo_params={"demo.width": "16", "demo.blocks": "1", "demo.seed": "2"},
             description="CIFAR-style ResNet (16/32/64 channels) in torch",
+        ),
+        DemoModel(
+            name="echo",
+            source="echo.py",
+            input_dims=(16,),
+            output_dims=(16,),
+            max_batch_size=32,
+            limit_batch_size=64,
+            limit_instances=4,
+            instance_memory_mb=40,
+            approach="none",
+            description="returns its input: serving and client overhead only",
         ),
     )
 }

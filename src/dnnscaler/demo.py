@@ -1,0 +1,477 @@
+"""`dnnscaler demo`: the main job on an embedded default, end to end, bounded in time.
+
+Default: a local real Triton serving the built-in demo models, the controller and one agent
+in this process (real gRPC on loopback), and a load generator running a short staircase.
+``--backend sim`` runs the same loop against simulated GPUs instead. Shows a live table,
+then a summary table, and writes ``summary.json`` and ``demo.png``; exits 0 with nothing
+left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from dnnscaler.agents.agent import Agent
+from dnnscaler.agents.backend import Backend
+from dnnscaler.agents.config import AgentConfig
+from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.server import Controller
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import Knobs
+from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoModelPlan:
+    """One model in the demo: its SLO and the load staircase it gets (requests/s)."""
+
+    name: str
+    slo_ms: float
+    percentile: float
+    rates_rps: tuple[float, ...]
+
+
+@dataclass
+class Sample:
+    t_s: float
+    model: str
+    offered_rps: float
+    throughput_rps: float
+    latency_ms: float | None
+    client_latency_ms: float | None
+    errors: int
+    knobs: tuple[int, int, int]
+    approach: str
+
+
+class DemoEnv(Protocol):
+    """The servers the demo drives: a backend for the agent and a load knob per model."""
+
+    plans: list[DemoModelPlan]
+    backend: Backend
+
+    def set_rate(self, model: str, rps: float) -> None: ...
+
+    def client_window(self, model: str) -> tuple[float | None, int, float | None]:
+        """Client-side (latency at the SLO percentile, errors, throughput) since the last call."""
+        ...
+
+    def failed_requests(self) -> int: ...
+
+
+# -- environments ----------------------------------------------------------------------
+
+
+class SimEnv:
+    """Simulated GPUs: a multi-tenancy-friendly and a batching-friendly published network."""
+
+    def __init__(self, step_s: float) -> None:
+        from dnnscaler.agents.backends.sim import SimBackend, SimModelSpec
+        from dnnscaler.sim.profile import shipped_profiles
+
+        profiles = shipped_profiles()
+        chosen = {"mobilenet": "imagenet/Mob-V1-025", "inception": "imagenet/Inc-V1"}
+        self.plans = []
+        specs = {}
+        for name, prof_name in chosen.items():
+            prof = profiles[prof_name]
+            slo = 5.0 * prof.latency_ms(1, 1)
+            # A rough ceiling for the staircase: best batch-1 multi-instance throughput.
+            best = max(
+                k * b * 1000.0 / prof.latency_ms(b, k)
+                for k in range(1, prof.max_instances + 1)
+                for b in (1, 2, 4, 8, 16)
+            )
+            rates = tuple(round(best * f, 1) for f in (0.2, 0.35, 0.5, 0.6))
+            self.plans.append(DemoModelPlan(name, round(slo, 1), 99.0, rates))
+            specs[name] = SimModelSpec(profile=prof, knobs=Knobs(), rate_rps=rates[0])
+        self.sim = SimBackend(specs, seed=1)
+        self.backend: Backend = self.sim
+
+    def set_rate(self, model: str, rps: float) -> None:
+        self.sim.set_rate(model, rps)
+
+    def client_window(self, model: str) -> tuple[float | None, int, float | None]:
+        return None, 0, None
+
+    def failed_requests(self) -> int:
+        return 0
+
+
+class TritonEnv:
+    """A local real Triton with the built-in demo models and one load generator per model."""
+
+    def __init__(self, plans: list[DemoModelPlan], workdir: Path) -> None:
+        self.plans = plans
+        self.workdir = workdir
+        self.loadgens: dict[str, Any] = {}
+        self.triton: Any = None
+        self.backend: Backend = None  # type: ignore[assignment]
+        self._stack = contextlib.AsyncExitStack()
+        self._errors_seen: dict[str, int] = {}
+
+    async def __aenter__(self) -> TritonEnv:
+        from dnnscaler.agents.backends.triton import TritonBackend
+        from dnnscaler.loadgen.generator import LoadGen
+        from dnnscaler.triton.demo_models import write_repository
+        from dnnscaler.triton.launcher import LocalTriton
+
+        repo = self.workdir / "models"
+        names = [p.name for p in self.plans]
+        write_repository(repo, names)
+        self.triton = await self._stack.enter_async_context(
+            LocalTriton(repo, names, workdir=self.workdir / "triton")
+        )
+        self.backend = TritonBackend(self.triton.grpc_url, metrics_url=self.triton.metrics_url)
+        for i, p in enumerate(self.plans):
+            gen = LoadGen(
+                self.triton.grpc_url, p.name, rate_rps=p.rates_rps[0], seed=i, max_duration_s=900
+            )
+            self.loadgens[p.name] = await self._stack.enter_async_context(gen)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._stack.aclose()
+
+    def set_rate(self, model: str, rps: float) -> None:
+        self.loadgens[model].set_rate(rps)
+
+    def client_window(self, model: str) -> tuple[float | None, int, float | None]:
+        w = self.loadgens[model].window()
+        pct = next(p.percentile for p in self.plans if p.name == model)
+        self._errors_seen[model] = self._errors_seen.get(model, 0) + w.errors
+        return w.latency_at(pct), w.errors, w.throughput_rps
+
+    def failed_requests(self) -> int:
+        return sum(self._errors_seen.values())
+
+
+TRITON_PLANS = [
+    # Staircases sized for a 2-core CPU box (see docs/triton.md for the oracle sweeps).
+    DemoModelPlan("wide_mlp", slo_ms=60.0, percentile=99.0, rates_rps=(40, 80, 120, 160)),
+    DemoModelPlan("token_loop", slo_ms=60.0, percentile=99.0, rates_rps=(20, 40, 60, 80)),
+]
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    samples: list[Sample] = field(default_factory=list)
+    failed_requests: int = 0
+    knob_changes: dict[str, int] = field(default_factory=dict)
+
+
+def _table(
+    rows: list[Sample], plans: dict[str, DemoModelPlan], elapsed_s: float, total_s: float
+) -> Table:
+    t = Table(title=f"dnnscaler demo — {elapsed_s:5.0f}/{total_s:.0f} s")
+    for col in (
+        "model",
+        "SLO",
+        "approach",
+        "batch",
+        "inst",
+        "delay µs",
+        "offered rps",
+        "tput rps",
+        "server p-lat ms",
+        "client p-lat ms",
+    ):
+        t.add_column(col)
+    for s in rows:
+        p = plans[s.model]
+
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1f}"
+
+        ok = s.latency_ms is not None and s.latency_ms <= p.slo_ms
+        lat = fmt(s.latency_ms)
+        t.add_row(
+            s.model,
+            f"p{p.percentile:g}≤{p.slo_ms:g}",
+            s.approach,
+            str(s.knobs[0]),
+            str(s.knobs[1]),
+            str(s.knobs[2]),
+            f"{s.offered_rps:.0f}",
+            f"{s.throughput_rps:.1f}",
+            f"[green]{lat}[/]" if ok else f"[red]{lat}[/]",
+            fmt(s.client_latency_ms),
+        )
+    return t
+
+
+async def run_demo(
+    env: DemoEnv, step_s: float, console: Console, policy: str
+) -> tuple[DemoResult, Controller]:
+    plans = {p.name: p for p in env.plans}
+    steps = max(len(p.rates_rps) for p in env.plans)
+    total_s = steps * step_s
+    controller = Controller(
+        ControllerConfig(
+            listen="127.0.0.1:0", report_interval_s=1.0, default_policy=policy, grace_s=1.0
+        )
+    )
+    await controller.start()
+    agent = Agent(AgentConfig(controller=controller.address, agent_id="demo-gpu0"), env.backend)
+    agent_task = asyncio.create_task(agent.run())
+    result = DemoResult()
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as ch:
+            admin = admin_pb2_grpc.AdminServiceStub(ch)
+            await _wait_models(admin, list(plans), timeout_s=60)
+            for p in env.plans:
+                await admin.SetSlo(
+                    admin_pb2.SetSloRequest(
+                        model=p.name,
+                        slo=common_pb2.Slo(percentile=p.percentile, latency_ms=p.slo_ms),
+                    )
+                )
+            t0 = time.monotonic()
+            live_ctx: Any = (
+                Live(console=console, refresh_per_second=2, transient=False)
+                if console.is_terminal
+                else contextlib.nullcontext()
+            )
+            with live_ctx as live:
+                last_print = 0.0
+                for i in range(steps):
+                    for p in env.plans:
+                        env.set_rate(p.name, p.rates_rps[min(i, len(p.rates_rps) - 1)])
+                    step_end = t0 + (i + 1) * step_s
+                    while (now := time.monotonic()) < step_end:
+                        await asyncio.sleep(min(1.0, step_end - now))
+                        rows = await _sample(admin, env, plans, time.monotonic() - t0, i)
+                        result.samples.extend(rows)
+                        if live is not None:
+                            live.update(_table(rows, plans, time.monotonic() - t0, total_s))
+                        elif time.monotonic() - last_print >= 10:
+                            last_print = time.monotonic()
+                            console.print(_table(rows, plans, time.monotonic() - t0, total_s))
+            models = await admin.ListModels(admin_pb2.ListModelsRequest())
+            result.knob_changes = {m.model: m.knob_changes for m in models.models}
+        result.failed_requests = env.failed_requests()
+    finally:
+        agent.stop()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(agent_task, 15)
+        await controller.stop()
+    return result, controller
+
+
+async def _wait_models(admin: Any, names: list[str], timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        resp = await admin.ListModels(admin_pb2.ListModelsRequest())
+        if {m.model for m in resp.models if m.available} >= set(names):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"demo: the agent did not report models {names} within {timeout_s:.0f}s")
+
+
+async def _sample(
+    admin: Any, env: DemoEnv, plans: dict[str, DemoModelPlan], t_s: float, step: int
+) -> list[Sample]:
+    resp = await admin.ListModels(admin_pb2.ListModelsRequest())
+    rows = []
+    for m in resp.models:
+        p = plans.get(m.model)
+        if p is None:
+            continue
+        w = m.last_window
+        lat: float | None = None
+        if m.HasField("last_window"):
+            name = "latency_p99_ms" if p.percentile > 95 else "latency_p95_ms"
+            lat = getattr(w, name) if w.HasField(name) else None
+        client_lat, errors, _ = env.client_window(m.model)
+        rows.append(
+            Sample(
+                t_s=round(t_s, 2),
+                model=m.model,
+                offered_rps=p.rates_rps[min(step, len(p.rates_rps) - 1)],
+                throughput_rps=w.throughput_rps,
+                latency_ms=lat,
+                client_latency_ms=client_lat,
+                errors=errors,
+                knobs=(m.knobs.max_batch_size, m.knobs.instances, m.knobs.queue_delay_us),
+                approach=m.approach,
+            )
+        )
+    return rows
+
+
+def summarize(result: DemoResult, plans: list[DemoModelPlan]) -> list[dict[str, Any]]:
+    """Per model: final knobs, approach, throughput and SLO attainment over the run."""
+    out = []
+    for p in plans:
+        ss = [s for s in result.samples if s.model == p.name]
+        if not ss:
+            continue
+        lats = [s.latency_ms for s in ss if s.latency_ms is not None]
+        within = sum(1 for v in lats if v <= p.slo_ms)
+        last = ss[-1]
+        out.append(
+            {
+                "model": p.name,
+                "slo": f"p{p.percentile:g}<={p.slo_ms:g}ms",
+                "approach": last.approach,
+                "final_knobs": {
+                    "max_batch_size": last.knobs[0],
+                    "instances": last.knobs[1],
+                    "queue_delay_us": last.knobs[2],
+                },
+                "final_offered_rps": last.offered_rps,
+                "final_throughput_rps": round(
+                    sum(s.throughput_rps for s in ss[-5:]) / max(1, len(ss[-5:])), 1
+                ),
+                "windows_within_slo": f"{within}/{len(lats)}",
+                "knob_changes": result.knob_changes.get(p.name, 0),
+                "client_errors": sum(s.errors for s in ss),
+            }
+        )
+    return out
+
+
+def plot(result: DemoResult, plans: list[DemoModelPlan], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, len(plans), figsize=(6 * len(plans), 8), squeeze=False, sharex=True)
+    for j, p in enumerate(plans):
+        ss = [s for s in result.samples if s.model == p.name]
+        t = [s.t_s for s in ss]
+        ax = axes[0][j]
+        ax.plot(t, [s.offered_rps for s in ss], label="offered")
+        ax.plot(t, [s.throughput_rps for s in ss], label="throughput")
+        ax.set_title(p.name)
+        ax.set_ylabel("requests/s")
+        ax.legend(loc="upper left")
+        ax = axes[1][j]
+        ax.plot(
+            t, [s.latency_ms if s.latency_ms is not None else math.nan for s in ss], label="server"
+        )
+        if any(s.client_latency_ms is not None for s in ss):
+            ax.plot(
+                t,
+                [s.client_latency_ms if s.client_latency_ms is not None else math.nan for s in ss],
+                label="client",
+            )
+        ax.axhline(p.slo_ms, color="red", linestyle="--", label="SLO")
+        ax.set_ylabel(f"p{p.percentile:g} latency ms")
+        ax.legend(loc="upper left")
+        ax = axes[2][j]
+        ax.step(t, [s.knobs[0] for s in ss], where="post", label="max batch")
+        ax.step(t, [s.knobs[1] for s in ss], where="post", label="instances")
+        ax.set_ylabel("knobs")
+        ax.set_xlabel("seconds")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the embedded default end to end (real Triton by default)")
+    p.add_argument("--backend", choices=("triton", "sim"), default="triton")
+    p.add_argument("--step-s", type=float, default=30.0, help="seconds per load step (4 steps)")
+    p.add_argument("--policy", default="dnnscaler")
+    p.add_argument("--out", default="out/demo", help="folder for summary.json and demo.png")
+    p.set_defaults(func=run)
+
+
+@contextlib.asynccontextmanager
+async def _env(args: argparse.Namespace) -> AsyncIterator[DemoEnv]:
+    if args.backend == "sim":
+        yield SimEnv(args.step_s)
+        return
+    with tempfile.TemporaryDirectory(prefix="dnnscaler-demo-") as tmp:
+        async with TritonEnv(TRITON_PLANS, Path(tmp)) as env:
+            yield env
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.step_s <= 0:
+        raise ValueError("--step-s must be > 0")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def go() -> tuple[DemoResult, list[DemoModelPlan]]:
+        async with _env(args) as env:
+            result, _ = await run_demo(env, args.step_s, console, args.policy)
+            return result, env.plans
+
+    result, plans = asyncio.run(go())
+    summary = summarize(result, plans)
+    t = Table(title="demo summary")
+    for col in (
+        "model",
+        "slo",
+        "approach",
+        "final_knobs",
+        "final_offered_rps",
+        "final_throughput_rps",
+        "windows_within_slo",
+        "knob_changes",
+        "client_errors",
+    ):
+        t.add_column(col)
+    for row in summary:
+        k = row["final_knobs"]
+        t.add_row(
+            *[
+                f"b{k['max_batch_size']} n{k['instances']} d{k['queue_delay_us']}"
+                if c == "final_knobs"
+                else str(row[c])
+                for c in (
+                    "model",
+                    "slo",
+                    "approach",
+                    "final_knobs",
+                    "final_offered_rps",
+                    "final_throughput_rps",
+                    "windows_within_slo",
+                    "knob_changes",
+                    "client_errors",
+                )
+            ]
+        )
+    console.print(t)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "backend": args.backend,
+                "models": summary,
+                "failed_requests": result.failed_requests,
+                "samples": [s.__dict__ for s in result.samples],
+            },
+            indent=1,
+        )
+    )
+    plot(result, plans, out / "demo.png")
+    files = f"{out / 'summary.json'} and {out / 'demo.png'}"
+    console.print(f"wrote {files}; failed requests: {result.failed_requests}")
+    return 0

@@ -1,0 +1,181 @@
+"""The latency surface ``c(b, m)`` of one model on one GPU, learned from live statistics.
+
+Model: a batch of ``b`` with ``m`` instances busy takes ``L(m) * (1 + alpha (b - 1))``, capped
+below by a throughput roofline ``m b / peak``.
+
+- ``alpha`` (batching slope) comes from windows that executed several batch sizes: a
+  count-weighted regression ``compute = p + q b`` per window gives ``alpha = q / (p + q)``.
+- ``L(m)`` comes from every window: its compute times normalised by ``1 + alpha (b - 1)``,
+  attributed to the busy count the batches saw. The mean busy count is ``U = busy time /
+  window``; a batch sees ``m = 1 + U (n - 1) / n`` (its own plus the others, binomial).
+  Unvisited ``m`` are filled by a rank-2 fit on the basis of the known networks' contention
+  curves (the matrix the paper completes: mean row plus two principal components of
+  ``data/mt_latency_ms.csv`` scaled by ``k = 1``), ridge-regularised toward the mean curve.
+- ``peak`` (items/s the GPU can do) starts at ``(1 + PEAK_HEADROOM)`` times the best
+  single-knob throughput the model predicts and rises if a window measured more.
+
+All sums decay with elapsed time (half-life ``memory_s``) so the surface follows
+interference; a window that disagrees strongly with the model discounts the old evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+
+from dnnscaler.core.types import WindowStats
+from dnnscaler.policies.matrix_completion import known_rows
+
+ALPHA_PRIOR = 0.3
+ALPHA_PRIOR_WEIGHT = 0.5
+PEAK_HEADROOM = 0.1
+RIDGE = 0.3
+BLEND_WEIGHT = 3.0  # measured windows at which a bin's own mean outweighs the fit
+SURPRISE = 0.3  # relative disagreement that discounts old evidence
+
+
+@lru_cache(maxsize=1)
+def contention_basis() -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(mean curve, PC1, PC2) of the known networks' ``L(k) / L(1)``, k = 1..10."""
+    rows = np.array([[v / r.latency_ms[0] for v in r.latency_ms] for r in known_rows()])
+    mean = rows.mean(axis=0)
+    _, _, vt = np.linalg.svd(rows - mean, full_matrices=False)
+    return (
+        tuple(float(x) for x in mean),
+        tuple(float(x) for x in vt[0]),
+        tuple(float(x) for x in vt[1]),
+    )
+
+
+def _interp(curve: tuple[float, ...], m: float) -> float:
+    """Linear interpolation at fractional ``m`` (1-based), linear extrapolation past the end."""
+    k = len(curve)
+    x = min(max(m, 1.0), float(10 * k))
+    i = min(math.floor(x), k - 1)
+    i = max(i, 1)
+    lo, hi = curve[i - 1], curve[i]
+    return lo + (hi - lo) * (x - i)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Decayed evidence about the surface; ``bins[m-1]`` holds (weight, weighted sum of L)."""
+
+    updated_s: float | None = None
+    alpha_w: float = ALPHA_PRIOR_WEIGHT
+    alpha_sum: float = ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT
+    bin_w: tuple[float, ...] = ()
+    bin_sum: tuple[float, ...] = ()
+    peak_seen_rps: float = 0.0
+
+    @property
+    def alpha(self) -> float:
+        return min(1.5, max(0.0, self.alpha_sum / self.alpha_w)) if self.alpha_w > 0 else 0.3
+
+    @property
+    def known(self) -> bool:
+        return sum(self.bin_w) > 0
+
+    def curve(self, n_max: int) -> tuple[float, ...]:
+        """Predicted ``L(m)`` for m = 1..n_max (empty evidence: all zeros)."""
+        w = list(self.bin_w) + [0.0] * max(0, n_max - len(self.bin_w))
+        s = list(self.bin_sum) + [0.0] * max(0, n_max - len(self.bin_sum))
+        if sum(w) <= 0:
+            return tuple(0.0 for _ in range(n_max))
+        mean, pc1, pc2 = contention_basis()
+        # Weighted least squares for L(m) = a*mean(m) + b*pc1(m) + c*pc2(m), relative error.
+        level = sum(s) / sum(w)
+        rows, rhs = [], []
+        for m in range(1, n_max + 1):
+            if w[m - 1] <= 0:
+                continue
+            y = s[m - 1] / w[m - 1]
+            sw = math.sqrt(w[m - 1]) / y
+            rows.append([sw * _interp(mean, m), sw * _interp(pc1, m), sw * _interp(pc2, m)])
+            rhs.append(sw * y)
+        r = math.sqrt(RIDGE) / level
+        rows += [[0.0, r, 0.0], [0.0, 0.0, r]]
+        rhs += [0.0, 0.0]
+        coef, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+        out = []
+        for m in range(1, n_max + 1):
+            fit = coef[0] * _interp(mean, m) + coef[1] * _interp(pc1, m) + coef[2] * _interp(pc2, m)
+            fit = max(float(fit), 0.2 * level)
+            wm = w[m - 1]
+            meas = s[m - 1] / wm if wm > 0 else fit
+            out.append((wm * meas + BLEND_WEIGHT * fit) / (wm + BLEND_WEIGHT))
+        return tuple(out)
+
+    def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
+        affine = curve[m - 1] * (1.0 + self.alpha * (b - 1.0))
+        return max(affine, 1000.0 * m * b / peak_rps) if peak_rps > 0 else affine
+
+    def peak_rps(self, curve: tuple[float, ...], max_batch: int) -> float:
+        """The GPU roofline in items/s (prior: headroom over the best single knob)."""
+        a = self.alpha
+        batching = 1000.0 * max_batch / (curve[0] * (1.0 + a * (max_batch - 1)))
+        mt = max(1000.0 * m / lat for m, lat in enumerate(curve, start=1))
+        return max((1.0 + PEAK_HEADROOM) * max(batching, mt), self.peak_seen_rps)
+
+    def observe(self, w: WindowStats, instances: int, now_s: float, memory_s: float) -> Surface:
+        """This surface with one more window (measured under ``instances``) folded in."""
+        stats = [(b, s) for b, s in w.batch_stats.items() if s.count > 0 and s.compute_ms_mean > 0]
+        if not stats:
+            return self
+        size = max(instances, len(self.bin_w))
+        bw = list(self.bin_w) + [0.0] * (size - len(self.bin_w))
+        bs = list(self.bin_sum) + [0.0] * (size - len(self.bin_sum))
+        aw, asum = self.alpha_w, self.alpha_sum
+        if self.updated_s is not None:
+            decay = 0.5 ** (max(0.0, now_s - self.updated_s) / memory_s)
+            bw = [x * decay for x in bw]
+            bs = [x * decay for x in bs]
+            aw, asum = aw * decay, asum * decay
+        # Batching slope from this window's spread of batch sizes.
+        execs = sum(s.count for _, s in stats)
+        if len(stats) >= 2:
+            mb = sum(b * s.count for b, s in stats) / execs
+            var = sum(s.count * (b - mb) ** 2 for b, s in stats) / execs
+            if var > 0.05:
+                mc = sum(s.compute_ms_mean * s.count for _, s in stats) / execs
+                cov = sum(s.count * (b - mb) * (s.compute_ms_mean - mc) for b, s in stats) / execs
+                q = cov / var
+                p = mc - q * mb
+                if p + q > 0:
+                    a_w = min(execs, 200) * min(var, 4.0) / 4.0
+                    aw += a_w
+                    asum += a_w * min(1.5, max(0.0, q / (p + q)))
+        a = min(1.5, max(0.0, asum / aw)) if aw > 0 else ALPHA_PRIOR
+        busy_ms = sum(s.count * s.compute_ms_mean for _, s in stats)
+        util = busy_ms / max(1e-6, w.window_s * 1000.0)
+        m_seen = 1.0 + min(util, float(instances)) * (instances - 1) / instances
+        norm = busy_ms / sum(s.count * (1.0 + a * (b - 1)) for b, s in stats)
+        # Discount old evidence if this window disagrees with it (interference, SLO moves).
+        lo_bin = min(math.floor(m_seen), size)
+        frac = m_seen - lo_bin
+        if self.known:
+            expected = self.curve(size)
+            exp_m = expected[lo_bin - 1] * (1 - frac) + expected[min(lo_bin, size - 1)] * frac
+            if exp_m > 0 and abs(norm / exp_m - 1.0) > SURPRISE and execs >= 10:
+                keep = 0.2
+                bw = [x * keep for x in bw]
+                bs = [x * keep for x in bs]
+        wt = min(1.0, execs / 20.0)
+        for m_bin, share in ((lo_bin, 1.0 - frac), (min(lo_bin + 1, size), frac)):
+            if share > 0:
+                bw[m_bin - 1] += wt * share
+                bs[m_bin - 1] += wt * share * norm
+        # Items per second actually completed: a lower bound on the roofline.
+        seen = sum(b * s.count for b, s in stats) / max(1e-6, w.window_s)
+        return replace(
+            self,
+            updated_s=now_s,
+            alpha_w=aw,
+            alpha_sum=asum,
+            bin_w=tuple(bw),
+            bin_sum=tuple(bs),
+            peak_seen_rps=max(self.peak_seen_rps * (0.5 ** (1.0 / memory_s)), seen),
+        )
