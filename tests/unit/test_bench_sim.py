@@ -150,8 +150,17 @@ def test_settle_and_violations() -> None:
     assert m.violation_rate(seg) == pytest.approx(2 / 12)
     calm = [_w(i, 1000, 5) for i in range(10)]
     assert m.settle_windows(calm) == 0
-    bad = [_w(i, 1000, 5) for i in range(9)] + [_w(9, 1000, 50)]
-    assert m.settle_windows(bad) is None
+    blip = [_w(i, 1000, 5) for i in range(9)] + [_w(9, 1000, 50)]
+    assert m.settle_windows(blip) == 0  # a late isolated violation is a violation, not unsettled
+    flapping = [_w(i, 1000, 50 if i % 3 == 2 else 5) for i in range(12)]
+    assert m.settle_windows(flapping) is None
+
+
+def test_staircase_steps_stretch_for_slow_models() -> None:
+    st = m.Staircase(step_windows=10, min_half_requests=1000)
+    assert st.for_rate(10_000.0, 1.0).step_windows == 10
+    assert st.for_rate(100.0, 1.0).step_windows == 2 * 34
+    assert st.for_rate(1.0, 10.0).step_windows == 100
 
 
 def test_online_capacity_stops_after_two_failures() -> None:

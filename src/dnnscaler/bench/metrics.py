@@ -4,17 +4,18 @@
   p-th percentile of all latencies in its second half is within the SLO. Online capacity = rate
   of the highest step passed before two consecutive failures.
 * Violation rate: share of windows whose p-th percentile latency exceeds the SLO.
-* Settle time after a change: windows until every later window of the segment has its latency
-  within the SLO and its throughput (3-window mean) within 5 % of the segment's final throughput
-  (or two Poisson standard deviations of the 3-window request count, if larger: slow models
-  complete only a few requests per window).
+* Settle time after a change: windows until latency is within the SLO and throughput
+  (3-window mean) within 5 % of the segment's final throughput (or two Poisson standard
+  deviations of the 3-window request count, if larger: slow models complete few requests per
+  window) for ``SETTLED_RUN`` consecutive windows; an isolated violation later on counts in
+  the violation rate, not in the settle time.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +28,16 @@ class Staircase:
     step_frac: float = 0.05
     max_frac: float = 1.5
     step_windows: int = 10
+    min_half_requests: int = 1000  # stretch steps so each half-step sees this many requests
+
+    def for_rate(self, capacity_rps: float, window_s: float) -> Staircase:
+        """This staircase with steps long enough that the second half of a step at the
+        first step's rate holds ``min_half_requests`` requests (at most 100 windows)."""
+        if self.min_half_requests <= 0 or capacity_rps <= 0:
+            return self
+        per_window = self.start_frac * capacity_rps * window_s
+        half = math.ceil(self.min_half_requests / per_window)
+        return replace(self, step_windows=min(100, max(self.step_windows, 2 * half)))
 
     @property
     def max_steps(self) -> int:
@@ -96,10 +107,13 @@ def violation_rate(windows: Sequence[WindowRecord]) -> float:
     return sum(1 for w in windows if violated(w)) / len(windows)
 
 
+SETTLED_RUN = 3
+
+
 def settle_windows(seg: Sequence[WindowRecord]) -> int | None:
-    """Windows after the segment start until it is settled for good; None if never."""
+    """Windows after the segment start until it is settled; None if never."""
     n = len(seg)
-    if n < 3:
+    if n < SETTLED_RUN:
         return None
     counts = [w.completed for w in seg]
     dur = [w.t_s - (seg[i - 1].t_s if i else seg[0].t_s - _len(seg)) for i, w in enumerate(seg)]
@@ -110,15 +124,15 @@ def settle_windows(seg: Sequence[WindowRecord]) -> int | None:
         thr3.append((c / sum(dur[lo : i + 1]), c))
     tail = [t for t, _ in thr3[-max(3, n // 3) :]]
     final = float(np.median(tail))
-    settled_from: int | None = None
-    for i in range(n - 1, -1, -1):
+    run = 0
+    for i in range(n):
         thr, c = thr3[i]
         tol = max(0.05, 2.0 / math.sqrt(c)) if c > 0 else 0.05
         ok = not violated(seg[i]) and (final == 0 or abs(thr - final) <= tol * final)
-        if not ok:
-            break
-        settled_from = i
-    return settled_from
+        run = run + 1 if ok else 0
+        if run == SETTLED_RUN:
+            return i + 1 - SETTLED_RUN
+    return None
 
 
 def _len(seg: Sequence[WindowRecord]) -> float:

@@ -112,6 +112,29 @@ def summary_table(records: Sequence[BenchRecord]) -> Table:
     return t
 
 
+def markdown_tables(records: Sequence[BenchRecord]) -> str:
+    """The per-model figures as one Markdown table, then the per-policy summary."""
+    head = (
+        "| model | SLO | policy | approach | final knobs | online cap rps | /oracle | /aimd "
+        "| /paper | violations | settle start/chg | knob changes | failed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in records:
+        rows.append(
+            f"| {r.model} | p{r.percentile:g} {r.slo_ms:.1f} ms | {r.policy} | {r.approach} "
+            f"| {fmt_knobs(r.final_knobs)} | {r.online_capacity_rps:.1f} "
+            f"| {_ratio(r.ratio_to_oracle)} | {_ratio(r.ratio_to_aimd)} "
+            f"| {_ratio(r.ratio_to_paper)} | {100 * r.violation_rate:.1f} % | {_settle(r)} "
+            f"| {r.knob_changes} | {r.failed_requests} |"
+        )
+    summ = summary_rows(records)
+    cols = list(summ[0]) if summ else []
+    s_head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    s_rows = ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in summ]
+    return head + "\n".join(rows) + "\n\n" + s_head + "\n".join(s_rows) + "\n"
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"

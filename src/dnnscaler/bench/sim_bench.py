@@ -45,7 +45,7 @@ class SimBenchConfig:
     @classmethod
     def quick(cls, **kw: Any) -> SimBenchConfig:
         base = cls(
-            staircase=m.Staircase(step_windows=4),
+            staircase=m.Staircase(step_windows=4, min_half_requests=0),
             phase_windows=10,
             warmup_windows=8,
             measure=MeasureSpec(warmup_requests=200, measure_requests=1200, bisect_steps=5),
@@ -123,7 +123,7 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
     half_slo = Slo(slo.latency_ms / 2, slo.percentile)
     win = cfg.window_for(profile)
     cap = oracles.full.capacity_rps
-    st = cfg.staircase
+    st = cfg.staircase.for_rate(cap, win)
 
     def fresh() -> Policy[Any]:
         return make_bench_policy(name, profile, oracles.full)

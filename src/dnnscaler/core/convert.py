@@ -6,7 +6,17 @@ Kept in one place so that the controller, the agent and the admin CLI agree on u
 
 from __future__ import annotations
 
-from dnnscaler.core.types import BatchStat, GpuTelemetry, KnobLimits, Knobs, Slo, WindowStats
+import math
+
+from dnnscaler.core.types import (
+    BatchStat,
+    GpuTelemetry,
+    InvalidValue,
+    KnobLimits,
+    Knobs,
+    Slo,
+    WindowStats,
+)
 from dnnscaler.v1 import common_pb2
 
 
@@ -17,6 +27,11 @@ def knobs_to_pb(k: Knobs) -> common_pb2.Knobs:
 
 
 def knobs_from_pb(m: common_pb2.Knobs) -> Knobs:
+    """Knobs from the wire; raises ``InvalidValue`` for a zero batch size or instance count."""
+    if m.max_batch_size < 1:
+        raise InvalidValue("max_batch_size", f"must be >= 1, got {m.max_batch_size}")
+    if m.instances < 1:
+        raise InvalidValue("instances", f"must be >= 1, got {m.instances}")
     return Knobs(
         max_batch_size=int(m.max_batch_size),
         instances=int(m.instances),
@@ -55,6 +70,16 @@ def _opt(m: object, name: str) -> float | None:
     return float(getattr(m, name)) if m.HasField(name) else None  # type: ignore[attr-defined]
 
 
+def _measure(m: object, name: str) -> float | None:
+    """An optional measurement; NaN, infinite or negative values from the wire are unknown."""
+    v = _opt(m, name)
+    return v if v is not None and math.isfinite(v) and v >= 0 else None
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) and v >= 0 else 0.0
+
+
 def telemetry_to_pb(t: GpuTelemetry) -> common_pb2.GpuTelemetry:
     m = common_pb2.GpuTelemetry()
     for name in ("utilization_pct", "memory_used_mb", "memory_total_mb", "power_w"):
@@ -66,10 +91,10 @@ def telemetry_to_pb(t: GpuTelemetry) -> common_pb2.GpuTelemetry:
 
 def telemetry_from_pb(m: common_pb2.GpuTelemetry) -> GpuTelemetry:
     return GpuTelemetry(
-        utilization_pct=_opt(m, "utilization_pct"),
-        memory_used_mb=_opt(m, "memory_used_mb"),
-        memory_total_mb=_opt(m, "memory_total_mb"),
-        power_w=_opt(m, "power_w"),
+        utilization_pct=_measure(m, "utilization_pct"),
+        memory_used_mb=_measure(m, "memory_used_mb"),
+        memory_total_mb=_measure(m, "memory_total_mb"),
+        power_w=_measure(m, "power_w"),
     )
 
 
@@ -104,21 +129,22 @@ def window_to_pb(w: WindowStats) -> common_pb2.WindowStats:
 
 def window_from_pb(m: common_pb2.WindowStats) -> WindowStats:
     return WindowStats(
-        window_s=float(m.window_s),
+        window_s=_finite(m.window_s),
         completed=int(m.completed),
         failed=int(m.failed),
-        throughput_rps=float(m.throughput_rps),
-        latency_mean_ms=_opt(m, "latency_mean_ms"),
-        latency_p50_ms=_opt(m, "latency_p50_ms"),
-        latency_p95_ms=_opt(m, "latency_p95_ms"),
-        latency_p99_ms=_opt(m, "latency_p99_ms"),
-        queue_mean_ms=_opt(m, "queue_mean_ms"),
-        compute_mean_ms=_opt(m, "compute_mean_ms"),
+        throughput_rps=_finite(m.throughput_rps),
+        latency_mean_ms=_measure(m, "latency_mean_ms"),
+        latency_p50_ms=_measure(m, "latency_p50_ms"),
+        latency_p95_ms=_measure(m, "latency_p95_ms"),
+        latency_p99_ms=_measure(m, "latency_p99_ms"),
+        queue_mean_ms=_measure(m, "queue_mean_ms"),
+        compute_mean_ms=_measure(m, "compute_mean_ms"),
         pending_requests=int(m.pending_requests) if m.HasField("pending_requests") else None,
         batch_stats={
             int(s.batch_size): BatchStat(
                 count=int(s.count), compute_ms_mean=float(s.compute_ms_mean)
             )
             for s in m.batch_stats
+            if s.batch_size >= 1 and math.isfinite(s.compute_ms_mean) and s.compute_ms_mean >= 0
         },
     )

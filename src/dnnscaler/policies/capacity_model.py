@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+WAIT_TAIL = 0.1  # residual-wait quantile used with the batch-size tail
 SERVICE_CV2 = 0.01  # squared coefficient of variation of compute times (~5 % jitter)
 _Z = ((0.9, 1.28), (0.95, 1.64), (0.99, 2.33), (0.999, 3.09))
 
@@ -98,12 +99,15 @@ def predicted_tail_ms(
         if g >= 0.999:
             return single
         b_hi = b + z * math.sqrt(b / (1.0 - g * g))
+    # Wait for the next free instance: the minimum of n residual batch times, at a high
+    # quantile (the instances' phases are random, not staggered).
+    wait = c * (1.0 - WAIT_TAIL ** (1.0 / n))
     if b_hi <= max_batch:
-        batched = c / n + _compute(b_hi, n, lat_ms, alpha, peak)
+        batched = wait + _compute(b_hi, n, lat_ms, alpha, peak)
     else:
         c_max = _compute(float(max_batch), n, lat_ms, alpha, peak)
         extra = math.ceil((b_hi - max_batch) / max_batch)
-        batched = c / n + c_max * (1.0 + extra / n)
+        batched = wait + c_max * (1.0 + extra / n)
     return min(single, batched)
 
 

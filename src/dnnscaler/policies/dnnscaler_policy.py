@@ -28,8 +28,12 @@ from dataclasses import dataclass, field, replace
 
 from dnnscaler.core.types import Approach, Knobs, Observation, instances_that_fit
 from dnnscaler.policies.base import Decision
-from dnnscaler.policies.capacity_model import capacity_rps
+from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
 from dnnscaler.policies.latency_surface import Surface
+
+MIN_TAIL_SAMPLES = 20
+MAX_LOG_RATIO = 0.4
+STEADY_TAIL_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,16 @@ class ConfigRecord:
     floor_rps: float = 0.0
     ceiling_rps: float = 0.0
     updated_s: float = 0.0
+    tail_log_ratio: float = 0.0  # decayed mean of log(measured tail / predicted tail)
+    tail_weight: float = 0.0
 
 
 @dataclass(frozen=True)
 class PlanEntry:
     max_batch_size: int
     instances: int
-    capacity_rps: float
+    capacity_rps: float  # corrected by measurements: what the plan ranks on
+    raw_capacity_rps: float  # the uncorrected model at the SLO: the overload fallback
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,9 @@ class DnnScalerState:
     plan_key: str = ""
     plan: tuple[PlanEntry, ...] = ()
     over_windows: int = 0
+    tail_log_ratio: float = 0.0  # the same, over every config run (for unvisited ones)
+    tail_weight: float = 0.0
+    recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
 
 
 def batch_grid(max_batch_size: int) -> tuple[int, ...]:
@@ -80,19 +90,21 @@ class DnnScalerPolicy:
     """Tunables; the defaults are what the benchmarks run."""
 
     dwell_s: float = 2.0  # a config stays in force this long before a planned change
-    min_gain: float = 0.05  # planned changes need this predicted capacity gain
-    tail_margin: float = 0.85  # plan for tails at this fraction of the SLO
-    max_instance_step: int = 4
+    min_gain: float = 0.03  # planned changes need this predicted capacity gain
+    tail_margin: float = 0.95  # plan for tails at this fraction of the SLO
+    max_instance_step: int = 2
     apply_timeout_s: float = 10.0  # a target not in force after this is abandoned
     memory_s: float = 60.0  # half-life of the latency-surface evidence
     record_memory_s: float = 300.0  # measured floors/ceilings are forgotten after this
+    tail_memory_s: float = 20.0  # half-life of the tail-model calibration
+    backoff_memory_s: float = 60.0  # changes this recent lengthen the dwell
     name: str = "dnnscaler"
 
     def initial_state(self, obs: Observation) -> DnnScalerState:
         return DnnScalerState(
             target=obs.knobs,
             changed_s=obs.now_s,
-            in_force_s=obs.now_s - obs.window.window_s,
+            in_force_s=obs.now_s,
             slo_ms=obs.slo.latency_ms,
             slo_percentile=obs.slo.percentile,
             last_pending=obs.window.pending_requests or 0,
@@ -110,6 +122,7 @@ class DnnScalerPolicy:
                 records=(),
                 plan_key="",
                 over_windows=0,
+                recent_moves_s=(),
             )
         target = self._legal(state.target, obs, n_fit)
         if target != state.target:
@@ -134,6 +147,7 @@ class DnnScalerPolicy:
             return self._hold(replace(state, last_pending=pending), "no completed requests")
 
         surface = state.surface.observe(w, obs.knobs.instances, obs.now_s, self.memory_s)
+        moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self.backoff_memory_s)
         load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
         slo = obs.slo.latency_ms
         over = latency > slo
@@ -144,7 +158,9 @@ class DnnScalerPolicy:
             records=records,
             last_pending=pending,
             over_windows=state.over_windows + 1 if over else 0,
+            recent_moves_s=moves,
         )
+        state = self._learn_tail(state, obs, target, load, latency)
         state = self._replan(state, obs, n_fit)
         caps = {(p.max_batch_size, p.instances): p.capacity_rps for p in state.plan}
         if not caps:
@@ -153,11 +169,30 @@ class DnnScalerPolicy:
         cur_cap = caps.get((target.max_batch_size, target.instances), 0.0)
         why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
         if over:
-            if best.capacity_rps > cur_cap:
+            if best.capacity_rps < load:
+                # Nothing is predicted to hold this load with margin: take the config with
+                # the most raw capacity (drain the backlog), unless that is where we are.
+                raw = max(state.plan, key=lambda p: p.raw_capacity_rps)
+                cur_raw = next(
+                    (
+                        p.raw_capacity_rps
+                        for p in state.plan
+                        if (p.max_batch_size, p.instances)
+                        == (target.max_batch_size, target.instances)
+                    ),
+                    0.0,
+                )
+                if raw.raw_capacity_rps > cur_raw * (1.0 + self.min_gain):
+                    return self._move(state, obs, raw, n_fit, f"overloaded ({why_tail}): ")
+                return self._hold(state, f"overloaded at the best known config ({why_tail})")
+            if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
             return self._hold(state, f"over the SLO at the best known config ({why_tail})")
         in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
-        if obs.now_s - in_force_s < self.dwell_s:
+        # Each recent change doubles the dwell before the next planned one: exploration
+        # is allowed, oscillation is not.
+        dwell = self.dwell_s * 2.0 ** len(state.recent_moves_s)
+        if obs.now_s - in_force_s < dwell:
             return self._hold(state, f"dwelling ({why_tail})")
         if best.capacity_rps >= cur_cap * (1.0 + self.min_gain) and (
             best.max_batch_size,
@@ -194,7 +229,15 @@ class DnnScalerPolicy:
         new = self._legal(Knobs(best.max_batch_size, n, 0), obs, n_fit)
         if new == cur:
             return self._hold(state, why + "no legal step")
-        state = replace(state, target=new, changed_s=obs.now_s, in_force_s=None, over_windows=0)
+        recent = tuple(t for t in state.recent_moves_s if obs.now_s - t < self.backoff_memory_s)
+        state = replace(
+            state,
+            target=new,
+            changed_s=obs.now_s,
+            in_force_s=None,
+            over_windows=0,
+            recent_moves_s=(*recent[-5:], obs.now_s),
+        )
         return Decision(
             new,
             state,
@@ -227,6 +270,49 @@ class DnnScalerPolicy:
         others = [r for r in kept if (r.max_batch_size, r.instances) != key]
         return (*others[-31:], rec)
 
+    def _learn_tail(
+        self, state: DnnScalerState, obs: Observation, knobs: Knobs, load: float, latency: float
+    ) -> DnnScalerState:
+        """Calibrate the tail model on what the config in force measured at this load.
+
+        Only steady windows count: a backlog (draining after a change, or an overload)
+        says nothing about the config's tail at this load.
+        """
+        w = obs.window
+        growing = (w.pending_requests or 0) - state.last_pending
+        if (
+            w.completed < MIN_TAIL_SAMPLES
+            or latency > STEADY_TAIL_FACTOR * obs.slo.latency_ms
+            or (w.queue_mean_ms is not None and w.queue_mean_ms > obs.slo.latency_ms)
+            or growing > 0.05 * w.completed
+        ):
+            return state
+        surface = state.surface
+        n = knobs.instances
+        curve = surface.curve(max(n, len(surface.bin_w)))
+        peak = surface.peak_rps(curve, obs.limits.max_batch_size)
+        pred = predicted_tail_ms(
+            load,
+            n,
+            knobs.max_batch_size,
+            curve[n - 1],
+            surface.alpha,
+            obs.slo.percentile / 100.0,
+            peak,
+        )
+        if not (0 < pred < math.inf):
+            return state
+        r = min(MAX_LOG_RATIO, max(-MAX_LOG_RATIO, math.log(latency / pred)))
+        keep = 0.5 ** (obs.window.window_s / self.tail_memory_s)
+        gw = state.tail_weight * keep + 1.0
+        glog = (state.tail_log_ratio * state.tail_weight * keep + r) / gw
+        recs = list(state.records)
+        rec = recs[-1]  # _record leaves the config in force last
+        rw = rec.tail_weight * keep + 1.0
+        rlog = (rec.tail_log_ratio * rec.tail_weight * keep + r) / rw
+        recs[-1] = replace(rec, tail_log_ratio=rlog, tail_weight=rw)
+        return replace(state, records=tuple(recs), tail_log_ratio=glog, tail_weight=gw)
+
     def _replan(self, state: DnnScalerState, obs: Observation, n_fit: int) -> DnnScalerState:
         surface = state.surface
         n_max = max(1, min(obs.limits.max_instances, n_fit))
@@ -235,10 +321,11 @@ class DnnScalerPolicy:
         key = ";".join(
             [
                 f"{obs.slo.latency_ms:.4g}/{obs.slo.percentile:g}/{n_max}/{grid[-1]}",
-                f"{_q(surface.alpha)}",
+                f"{_q(surface.alpha)}/{_q(math.exp(state.tail_log_ratio))}",
                 ",".join(_q(x) for x in curve),
                 ",".join(
                     f"{r.max_batch_size}/{r.instances}/{_q(r.floor_rps)}/{_q(r.ceiling_rps)}"
+                    f"/{_q(math.exp(r.tail_log_ratio))}"
                     for r in state.records
                 ),
             ]
@@ -246,20 +333,26 @@ class DnnScalerPolicy:
         if key == state.plan_key:
             return state
         peak = surface.peak_rps(curve, grid[-1])
-        bound = self.tail_margin * obs.slo.latency_ms
+        slo_ms = obs.slo.latency_ms
+        bound = self.tail_margin * slo_ms
         quantile = obs.slo.percentile / 100.0
         recs = {(r.max_batch_size, r.instances): r for r in state.records}
         plan = []
         for n in range(1, n_max + 1):
             lat = curve[n - 1]
             for b in grid:
-                cap = capacity_rps(n, b, lat, surface.alpha, bound, quantile, peak)
                 r = recs.get((b, n))
+                log_ratio = state.tail_log_ratio
+                if r is not None and r.tail_weight >= 1.0:
+                    log_ratio = r.tail_log_ratio
+                scaled = bound / math.exp(log_ratio)
+                cap = capacity_rps(n, b, lat, surface.alpha, scaled, quantile, peak)
+                raw = capacity_rps(n, b, lat, surface.alpha, slo_ms, quantile, peak)
                 if r is not None:
                     cap = max(cap, r.floor_rps)
                     if r.ceiling_rps > 0:
                         cap = min(cap, 0.97 * r.ceiling_rps)
-                plan.append(PlanEntry(b, n, cap))
+                plan.append(PlanEntry(b, n, cap, raw))
         # Among near-equal configs prefer fewer instances and smaller batches (less memory,
         # less batch-size drift): rank by capacity rounded to 2 %.
         plan.sort(key=lambda p: (-_bucket(p.capacity_rps), p.instances, p.max_batch_size))

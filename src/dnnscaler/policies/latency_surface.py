@@ -35,6 +35,9 @@ PEAK_HEADROOM = 0.1
 RIDGE = 0.3
 BLEND_WEIGHT = 3.0  # measured windows at which a bin's own mean outweighs the fit
 SURPRISE = 0.3  # relative disagreement that discounts old evidence
+CONFOUNDED_WEIGHT = 0.1  # weight of multi-instance windows in the batching slope
+OPTIMISM_STEPS = 1  # busy counts beyond the measured ones that get the optimistic trend
+TRUSTED_WEIGHT = 1.0  # bin weight (in full windows) from which a busy count is "measured"
 
 
 @lru_cache(maxsize=1)
@@ -100,13 +103,25 @@ class Surface:
         rows += [[0.0, r, 0.0], [0.0, 0.0, r]]
         rhs += [0.0, 0.0]
         coef, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
-        out = []
+        out: list[float] = []
         for m in range(1, n_max + 1):
             fit = coef[0] * _interp(mean, m) + coef[1] * _interp(pc1, m) + coef[2] * _interp(pc2, m)
             fit = max(float(fit), 0.2 * level)
             wm = w[m - 1]
             meas = s[m - 1] / wm if wm > 0 else fit
             out.append((wm * meas + BLEND_WEIGHT * fit) / (wm + BLEND_WEIGHT))
+        # Optimism beyond the measured range: contention grows no faster than the trend of
+        # the last two measured busy counts, so that the policy goes and looks (the busy
+        # counts it can measure rise with the load) instead of trusting the prior forever.
+        # Only ``OPTIMISM_STEPS`` counts out: exploration stays bounded.
+        m_hi = max((m for m in range(1, n_max + 1) if w[m - 1] >= TRUSTED_WEIGHT), default=1)
+        gamma = 0.0
+        if m_hi >= 2 and w[m_hi - 2] >= TRUSTED_WEIGHT:
+            gamma = math.log(out[m_hi - 1] / out[m_hi - 2]) / math.log(m_hi / (m_hi - 1))
+            gamma = min(1.0, max(0.0, gamma))
+        reach = min(n_max, m_hi + OPTIMISM_STEPS)
+        for m in range(m_hi + 1, reach + 1):
+            out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
         return tuple(out)
 
     def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
@@ -145,7 +160,10 @@ class Surface:
                 q = cov / var
                 p = mc - q * mb
                 if p + q > 0:
-                    a_w = min(execs, 200) * min(var, 4.0) / 4.0
+                    # With several instances, bigger batches coincide with busier GPUs:
+                    # the slope is confounded with contention, so those windows count less.
+                    confounded = 1.0 if instances == 1 else CONFOUNDED_WEIGHT
+                    a_w = confounded * min(execs, 200) * min(var, 4.0) / 4.0
                     aw += a_w
                     asum += a_w * min(1.5, max(0.0, q / (p + q)))
         a = min(1.5, max(0.0, asum / aw)) if aw > 0 else ALPHA_PRIOR
