@@ -63,7 +63,8 @@ class LoadGen:
     """Drives one model; ``async with LoadGen(url, model, rate_rps=50) as g: ...``.
 
     Exactly one of ``rate_rps`` (open loop) and ``concurrency`` (closed loop) is used;
-    ``rate_rps=0`` starts an idle open loop that ``set_rate`` wakes up.
+    ``rate_rps=0`` starts an idle open loop that ``set_rate`` wakes up. ``client`` injects
+    an object with tritonclient.grpc.aio's ``get_model_metadata``/``infer`` (tests).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class LoadGen:
         request_timeout_s: float = 30.0,
         allow_remote: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        client: Any = None,
     ) -> None:
         if (rate_rps is None) == (concurrency is None):
             raise ValueError("give exactly one of rate_rps (open loop) or concurrency")
@@ -97,7 +99,8 @@ class LoadGen:
         self.request_timeout_s = request_timeout_s
         self._clock = clock
         self._rng = np.random.default_rng(seed)
-        self._client: Any = None
+        self._client: Any = client
+        self._own_client = client is None
         self._inputs: list[Any] = []
         self._outputs: list[Any] = []
         self._driver: asyncio.Task[None] | None = None
@@ -134,7 +137,8 @@ class LoadGen:
     async def start(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
-        self._client = grpcclient.InferenceServerClient(self.url)
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.url)
         meta = await self._client.get_model_metadata(self.model, as_json=True)
         specs = [
             InputSpec(i["name"], i["datatype"], tuple(int(d) for d in i["shape"][1:]))
@@ -175,7 +179,7 @@ class LoadGen:
             _, late = await asyncio.wait(set(self._tasks), timeout=drain_s)
             for t in late:
                 t.cancel()
-        if self._client is not None:
+        if self._client is not None and self._own_client:
             with contextlib.suppress(Exception):
                 await self._client.close()
             self._client = None
