@@ -1,0 +1,499 @@
+"""`dnnscaler bench triton`: the benchmark protocol on a local real Triton (CPU or GPU).
+
+Per model, in one run: an oracle sweep over a reduced grid (capacity of each config by
+bisection on the open-loop Poisson rate, p-th percentile measured on the client side), then a
+staircase per policy with the real controller and agent in this process over loopback gRPC,
+all against the same Triton. Figures are those of ``docs/results``: online capacity, ratio to
+oracle / aimd / paper, violation rate, settle windows, knob changes, failed requests.
+
+The load generator shares the box with Triton, so absolute numbers depend on the machine;
+ratios measured side by side in one run are what the report quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnnscaler.agents.agent import Agent
+from dnnscaler.agents.backend import ModelInfo
+from dnnscaler.agents.config import AgentConfig
+from dnnscaler.bench import metrics as m
+from dnnscaler.bench.online import WindowRecord
+from dnnscaler.bench.records import BenchRecord, with_ratios
+from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.server import Controller
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import Knobs, Slo
+
+log = get_logger(__name__)
+
+TRITON_POLICIES = ("dnnscaler", "paper", "aimd", "static-default", "oracle")
+DEFAULT_SLO_MS = {"wide_mlp": 60.0, "serial_io": 60.0, "resnet_small": 80.0}
+
+
+@dataclass(frozen=True)
+class TritonBenchConfig:
+    models: tuple[str, ...] = ("wide_mlp", "serial_io", "resnet_small")
+    policies: tuple[str, ...] = TRITON_POLICIES
+    slo_ms: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SLO_MS))
+    percentile: float = 99.0
+    window_s: float = 1.0
+    batch_grid: tuple[int, ...] = (1, 4, 16)
+    instance_grid: tuple[int, ...] = (1, 2, 4)
+    probe_s: float = 4.0
+    warm_s: float = 1.0
+    bisect_iters: int = 4
+    staircase: m.Staircase = field(
+        default_factory=lambda: m.Staircase(
+            start_frac=0.3, step_frac=0.1, max_frac=1.3, step_windows=8, min_half_requests=0
+        )
+    )
+    seed: int = 0
+
+    def slo_for(self, model: str) -> Slo:
+        return Slo(latency_ms=self.slo_ms.get(model, 60.0), percentile=self.percentile)
+
+
+@dataclass(frozen=True)
+class Probe:
+    knobs: Knobs
+    rate_rps: float
+    latency_ms: float | None
+    passed: bool
+    errors: int
+
+
+@dataclass
+class ConfigCapacity:
+    knobs: Knobs
+    capacity_rps: float
+    probes: list[Probe] = field(default_factory=list)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def apply_and_wait(backend: Any, model: str, knobs: Knobs, timeout_s: float = 120.0) -> None:
+    """Apply ``knobs`` through the agent's backend and wait until Triton shows them."""
+    await backend.apply(model, knobs)
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        info = await _info(backend, model)
+        if info.knobs == knobs:
+            return
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"{model}: knobs {knobs} not in force after {timeout_s:.0f}s")
+
+
+async def _info(backend: Any, model: str) -> ModelInfo:
+    for info in await backend.list_models():
+        if info.name == model:
+            return info
+    raise KeyError(f"model {model!r} is not loaded")
+
+
+async def _open_loop_probe(
+    url: str, model: str, rate: float, slo: Slo, cfg: TritonBenchConfig, seed: int
+) -> tuple[float | None, int, int]:
+    """p-th percentile (ms) over ``probe_s`` after ``warm_s`` at ``rate``; errors; completed."""
+    from dnnscaler.loadgen.generator import LoadGen
+
+    async with LoadGen(url, model, rate_rps=rate, seed=seed, max_duration_s=120) as gen:
+        await asyncio.sleep(cfg.warm_s)
+        w = await gen.run_for(cfg.probe_s)
+    return w.latency_at(slo.percentile), w.errors, w.completed
+
+
+async def _closed_loop_throughput(url: str, model: str, concurrency: int, seconds: float) -> float:
+    from dnnscaler.loadgen.generator import LoadGen
+
+    async with LoadGen(url, model, concurrency=concurrency, max_duration_s=60) as gen:
+        await asyncio.sleep(1.0)
+        w = await gen.run_for(seconds)
+    return w.throughput_rps
+
+
+async def measure_capacity(
+    url: str, backend: Any, model: str, knobs: Knobs, slo: Slo, cfg: TritonBenchConfig
+) -> ConfigCapacity:
+    """Highest open-loop rate at which the p-th percentile stays within the SLO."""
+    await apply_and_wait(backend, model, knobs)
+    conc = max(2, 2 * knobs.instances * knobs.max_batch_size)
+    ceiling = await _closed_loop_throughput(url, model, conc, 2.0)
+    out = ConfigCapacity(knobs, 0.0)
+    lo, hi = 0.0, max(1.0, ceiling * 1.05)
+    for i in range(cfg.bisect_iters):
+        rate = hi if i == 0 else (lo + hi) / 2
+        lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, cfg.seed + i)
+        ok = lat is not None and lat <= slo.latency_ms and errors == 0
+        out.probes.append(Probe(knobs, round(rate, 2), lat, ok, errors))
+        if ok:
+            lo = rate
+            if i == 0:
+                break
+        else:
+            hi = rate
+    out.capacity_rps = lo
+    log.info("config_capacity", model=model, knobs=str(knobs), capacity_rps=round(lo, 1))
+    return out
+
+
+def grid(cfg: TritonBenchConfig, info: ModelInfo) -> list[Knobs]:
+    bs = sorted({b for b in cfg.batch_grid if b <= info.limits.max_batch_size})
+    ns = sorted({n for n in cfg.instance_grid if n <= info.limits.max_instances})
+    delay = 0
+    return [
+        Knobs(b, n, delay if b == 1 else min(2000, info.limits.max_queue_delay_us))
+        for b in bs
+        for n in ns
+    ]
+
+
+async def oracle_sweep(
+    url: str,
+    backend: Any,
+    model: str,
+    slo: Slo,
+    cfg: TritonBenchConfig,
+    progress: Callable[[str], None] = lambda s: None,
+) -> list[ConfigCapacity]:
+    info = await _info(backend, model)
+    out = []
+    for k in grid(cfg, info):
+        progress(f"{model}: oracle b{k.max_batch_size} n{k.instances}")
+        out.append(await measure_capacity(url, backend, model, k, slo, cfg))
+    return out
+
+
+# -- online runs ------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineRun:
+    policy: str
+    windows: list[WindowRecord]
+    latencies: list[np.ndarray]
+    steps: list[m.StepResult]
+    knob_changes: int
+    failed_requests: int
+    approach: str
+    final_knobs: Knobs
+
+
+async def run_staircase(
+    url: str,
+    metrics_url: str | None,
+    setup_backend: Any,
+    model: str,
+    policy: str,
+    start_knobs: Knobs,
+    slo: Slo,
+    capacity_rps: float,
+    cfg: TritonBenchConfig,
+    static_knobs: Knobs | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> OnlineRun:
+    """One policy on the staircase, with the real controller and agent over loopback."""
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.loadgen.generator import LoadGen
+
+    await apply_and_wait(setup_backend, model, start_knobs)
+    ctl_policy = "static" if static_knobs is not None else policy
+    controller = Controller(
+        ControllerConfig(
+            listen="127.0.0.1:0",
+            report_interval_s=cfg.window_s,
+            default_policy=ctl_policy,
+            default_slo_ms=slo.latency_ms,
+            default_percentile=slo.percentile,
+            grace_s=0.5,
+        )
+    )
+    await controller.start()
+    if static_knobs is not None:
+        controller.registry.settings_for(model).policy_params = {"knobs": static_knobs}
+    backend = TritonBackend(url, metrics_url=metrics_url)
+    agent = Agent(AgentConfig(controller=controller.address, agent_id=f"bench-{policy}"), backend)
+    task = asyncio.create_task(agent.run())
+    st = cfg.staircase
+    windows: list[WindowRecord] = []
+    lats: list[np.ndarray] = []
+    steps: list[m.StepResult] = []
+    failed = 0
+    try:
+        await agent.connected.wait()
+        async with LoadGen(
+            url, model, rate_rps=st.rate(capacity_rps, 0), seed=cfg.seed, max_duration_s=3600
+        ) as gen:
+            gen.window()
+            i = 0
+            t0 = time.monotonic()
+            while len(steps) < st.max_steps:
+                rate = st.rate(capacity_rps, i)
+                gen.set_rate(rate)
+                await asyncio.sleep(max(0.0, t0 + (i + 1) * cfg.window_s - time.monotonic()))
+                w, raw = _window(gen)
+                failed += w.errors
+                loop = controller.registry.loops_for(model)
+                knobs = loop[0].knobs if loop else start_knobs
+                approach = loop[0].approach.value if loop else "undecided"
+                windows.append(
+                    WindowRecord(
+                        t_s=round(time.monotonic() - t0, 3),
+                        rate_rps=rate,
+                        slo_ms=slo.latency_ms,
+                        completed=w.completed,
+                        failed=w.errors,
+                        throughput_rps=w.throughput_rps,
+                        latency_ms=w.latency_at(slo.percentile),
+                        knobs=knobs,
+                        approach=approach,
+                        changed=bool(windows) and windows[-1].knobs != knobs,
+                    )
+                )
+                lats.append(raw)
+                i += 1
+                if i % st.step_windows == 0:
+                    steps = m.step_results(st, windows, lats, slo.percentile)
+                    s = steps[-1]
+                    progress(
+                        f"{model} {policy}: step {len(steps)} {s.rate_rps:.0f} rps "
+                        f"{'pass' if s.passed else 'FAIL'} "
+                        f"b{knobs.max_batch_size} n{knobs.instances}"
+                    )
+                    if m.should_stop(st, windows, steps):
+                        break
+        loops = controller.registry.loops_for(model)
+        changes = loops[0].knob_changes if loops else 0
+    finally:
+        agent.stop()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(task, 15)
+        await backend.close()
+        await controller.stop()
+    final = windows[-1] if windows else None
+    return OnlineRun(
+        policy=policy,
+        windows=windows,
+        latencies=lats,
+        steps=steps,
+        knob_changes=changes,
+        failed_requests=failed,
+        approach=final.approach if final else "undecided",
+        final_knobs=final.knobs if final else start_knobs,
+    )
+
+
+def _window(gen: Any) -> tuple[Any, np.ndarray]:
+    """The load generator's window plus its raw latencies (ms)."""
+    w = gen.window()
+    raw = getattr(w, "latencies_ms", None)
+    if raw is None:
+        # Fallback: reconstruct the tail from the summary (p99 repeated) when raw values are
+        # not kept; the step verdict then uses the worst window of the half-step.
+        vals = [v for v in (w.latency_p50_ms, w.latency_p95_ms, w.latency_p99_ms) if v is not None]
+        raw = np.array(vals, dtype=float)
+    return w, np.asarray(raw, dtype=float)
+
+
+def record_for(
+    model: str, run: OnlineRun, oracle: ConfigCapacity, slo: Slo, cfg: TritonBenchConfig
+) -> BenchRecord:
+    cap, _ = m.online_capacity(run.steps)
+    settle = m.settle_windows(run.windows[: cfg.staircase.step_windows * 3])
+    return BenchRecord(
+        model=model,
+        policy=run.policy,
+        approach=run.approach,
+        final_knobs=run.final_knobs,
+        online_capacity_rps=round(cap, 2),
+        oracle_capacity_rps=round(oracle.capacity_rps, 2),
+        oracle_knobs=oracle.knobs,
+        ratio_to_oracle=(cap / oracle.capacity_rps) if oracle.capacity_rps > 0 else None,
+        violation_rate=m.violation_rate(run.windows),
+        settle_windows=settle,
+        failed_requests=run.failed_requests,
+        knob_changes=run.knob_changes,
+        slo_ms=slo.latency_ms,
+        percentile=slo.percentile,
+        window_s=cfg.window_s,
+    )
+
+
+@dataclass
+class TritonBenchResult:
+    records: list[BenchRecord]
+    oracles: dict[str, list[ConfigCapacity]]
+    runs: dict[tuple[str, str], OnlineRun]
+    seconds: float
+
+
+async def run_triton_bench(
+    cfg: TritonBenchConfig, progress: Callable[[str], None] = lambda s: None
+) -> TritonBenchResult:
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.triton.demo_models import write_repository
+    from dnnscaler.triton.launcher import LocalTriton
+
+    t_start = time.monotonic()
+    records: list[BenchRecord] = []
+    oracles: dict[str, list[ConfigCapacity]] = {}
+    runs: dict[tuple[str, str], OnlineRun] = {}
+    with tempfile.TemporaryDirectory(prefix="dnnscaler-bench-") as tmp:
+        repo = Path(tmp) / "models"
+        write_repository(repo, list(cfg.models))
+        async with LocalTriton(repo, list(cfg.models), workdir=Path(tmp) / "triton") as triton:
+            setup = TritonBackend(triton.grpc_url, metrics_url=triton.metrics_url)
+            await setup.start()
+            try:
+                for model in cfg.models:
+                    slo = cfg.slo_for(model)
+                    default_knobs = (await _info(setup, model)).knobs
+                    sweep = await oracle_sweep(triton.grpc_url, setup, model, slo, cfg, progress)
+                    oracles[model] = sweep
+                    best = max(sweep, key=lambda c: c.capacity_rps)
+                    for pol in cfg.policies:
+                        static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
+                        progress(f"{model}: staircase {pol}")
+                        run = await run_staircase(
+                            triton.grpc_url,
+                            triton.metrics_url,
+                            setup,
+                            model,
+                            pol,
+                            default_knobs,
+                            slo,
+                            best.capacity_rps,
+                            cfg,
+                            static_knobs=static,
+                            progress=progress,
+                        )
+                        runs[(model, pol)] = run
+                        records.append(record_for(model, run, best, slo, cfg))
+                    await apply_and_wait(setup, model, default_knobs)
+            finally:
+                await setup.close()
+    return TritonBenchResult(with_ratios(records), oracles, runs, time.monotonic() - t_start)
+
+
+def oracle_rows(oracles: dict[str, list[ConfigCapacity]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": model,
+            "knobs": {
+                "max_batch_size": c.knobs.max_batch_size,
+                "instances": c.knobs.instances,
+                "queue_delay_us": c.knobs.queue_delay_us,
+            },
+            "capacity_rps": round(c.capacity_rps, 2),
+            "probes": [
+                {
+                    "rate_rps": p.rate_rps,
+                    "latency_ms": p.latency_ms,
+                    "passed": p.passed,
+                    "errors": p.errors,
+                }
+                for p in c.probes
+            ],
+        }
+        for model, caps in oracles.items()
+        for c in caps
+    ]
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def quick_config(models: Sequence[str]) -> TritonBenchConfig:
+    """A short run for smoke tests: tiny grid, short probes, coarse staircase."""
+    return replace(
+        TritonBenchConfig(models=tuple(models)),
+        batch_grid=(1, 8),
+        instance_grid=(1, 2),
+        probe_s=2.0,
+        warm_s=0.5,
+        bisect_iters=3,
+        staircase=m.Staircase(
+            start_frac=0.3, step_frac=0.3, max_frac=0.9, step_windows=4, min_half_requests=0
+        ),
+    )
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def add_triton_parser(sub: Any) -> None:
+    """Add ``bench triton`` to the ``bench`` group."""
+    p = sub.add_parser("triton", help="policies vs the oracle on a local real Triton")
+    p.add_argument("--models", default=",".join(TritonBenchConfig().models))
+    p.add_argument("--policies", default=",".join(TRITON_POLICIES))
+    p.add_argument("--out", type=Path, default=Path("out/bench-triton"))
+    p.add_argument("--quick", action="store_true", help="tiny grid and short staircase")
+    p.add_argument("--slo-ms", type=float, help="SLO for every model (default: per model)")
+    p.add_argument("--percentile", type=float, default=99.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_triton)
+
+
+def cmd_triton(args: Any) -> int:
+    import sys
+
+    from rich.console import Console
+
+    from dnnscaler.bench.report import write_report
+    from dnnscaler.triton.demo_models import DEMO_MODELS
+
+    models = tuple(x for x in args.models.split(",") if x)
+    unknown = [x for x in models if x not in DEMO_MODELS]
+    if unknown or not models:
+        print(
+            f"bench triton: --models: unknown {unknown}; valid: {', '.join(DEMO_MODELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    policies = tuple(x for x in args.policies.split(",") if x)
+    bad = [x for x in policies if x not in TRITON_POLICIES]
+    if bad or not policies:
+        print(
+            f"bench triton: --policies: unknown {bad}; valid: {', '.join(TRITON_POLICIES)}",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = quick_config(models) if args.quick else TritonBenchConfig(models=models)
+    slo_ms = {mm: (args.slo_ms or DEFAULT_SLO_MS.get(mm, 60.0)) for mm in models}
+    cfg = replace(cfg, policies=policies, percentile=args.percentile, seed=args.seed, slo_ms=slo_ms)
+    Slo(latency_ms=min(slo_ms.values()), percentile=args.percentile)  # validates, names the field
+    console = Console()
+    result = asyncio.run(run_triton_bench(cfg, progress=lambda s: console.log(s)))
+    write_report(
+        result.records,
+        args.out,
+        bench="triton",
+        meta={
+            "seconds": round(result.seconds, 1),
+            "oracle_sweep": oracle_rows(result.oracles),
+            "config": {
+                "batch_grid": cfg.batch_grid,
+                "instance_grid": cfg.instance_grid,
+                "probe_s": cfg.probe_s,
+                "staircase": cfg.staircase.__dict__,
+            },
+        },
+        timeseries={
+            (mm, p): run.windows for (mm, p), run in result.runs.items() if p == "dnnscaler"
+        },
+        console=console,
+    )
+    console.print(f"bench triton: {result.seconds:.0f} s; wrote {args.out / 'results.json'}")
+    return 0
