@@ -28,7 +28,7 @@ def _run(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
-    rc = _run(["bench", "sim", "--quick", "--models", TWO, "--out", str(out), "--seed", "1"])
+    rc = _run(["bench", "sim", "--quick", "--models", TWO, "--out", str(out), "--jobs", "2"])
     assert rc == 0
     return json.loads((out / "results.json").read_text()), out
 

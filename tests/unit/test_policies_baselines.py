@@ -26,9 +26,10 @@ def test_every_policy_state_is_json_serialisable(name: str) -> None:
     policy = make_policy(name)
     o = obs(1.0, Knobs(8, 1, 0))
     state = policy.initial_state(o)
+    knobs = Knobs(8, 1, 0)
     for t in range(1, 30):
-        dec = policy.decide(obs(float(t), dec.knobs if t > 1 else Knobs(8, 1, 0)), state)
-        state = dec.state
+        dec = policy.decide(obs(float(t), knobs), state)
+        state, knobs = dec.state, dec.knobs
         json.dumps(asdict(state))
         assert dec.reason
 

@@ -24,7 +24,7 @@ class MeasureSpec:
     """How long each capacity probe runs (in requests, so slow and fast models cost alike)."""
 
     warmup_requests: int = 500
-    measure_requests: int = 4000
+    measure_requests: int = 8000
     bisect_steps: int = 7
     seed: int = 0
 

@@ -41,6 +41,8 @@ class BenchRecord:
     window_s: float
     ratio_to_aimd: float | None = None
     ratio_to_paper: float | None = None
+    ratio_to_oracle_run: float | None = None  # vs the oracle's knobs on the same staircase
+    scenario_violation_rate: float | None = None  # the dynamic scenarios only (loads <= 70 %)
     scenarios: tuple[ScenarioResult, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,7 +50,8 @@ class BenchRecord:
 
 
 def with_ratios(records: list[BenchRecord]) -> list[BenchRecord]:
-    """Fill ``ratio_to_aimd`` and ``ratio_to_paper`` from the same model's records."""
+    """Fill ``ratio_to_aimd``, ``ratio_to_paper`` and ``ratio_to_oracle_run`` from the same
+    model's records."""
     from dataclasses import replace
 
     cap = {(r.model, r.policy): r.online_capacity_rps for r in records}
@@ -56,11 +59,13 @@ def with_ratios(records: list[BenchRecord]) -> list[BenchRecord]:
     for r in records:
         ra = cap.get((r.model, "aimd"))
         rp = cap.get((r.model, "paper"))
+        ro = cap.get((r.model, "oracle"))
         out.append(
             replace(
                 r,
                 ratio_to_aimd=r.online_capacity_rps / ra if ra else None,
                 ratio_to_paper=r.online_capacity_rps / rp if rp else None,
+                ratio_to_oracle_run=r.online_capacity_rps / ro if ro else None,
             )
         )
     return out

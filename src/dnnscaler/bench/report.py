@@ -28,6 +28,12 @@ def _ratio(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
+def _viol(r: BenchRecord) -> str:
+    scen = r.scenario_violation_rate
+    extra = f" ({100 * scen:.1f}%)" if scen is not None else ""
+    return f"{100 * r.violation_rate:.1f}%{extra}"
+
+
 def _settle(r: BenchRecord) -> str:
     def one(v: int | None) -> str:
         return "never" if v is None else str(v)
@@ -49,9 +55,10 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
         "final knobs",
         "online cap rps",
         "/oracle",
+        "/oracle run",
         "/aimd",
         "/paper",
-        "violations",
+        "violations (scen)",
         "settle start/chg",
         "knob changes",
         "failed",
@@ -66,9 +73,10 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
             fmt_knobs(r.final_knobs),
             f"{r.online_capacity_rps:.1f}",
             _ratio(r.ratio_to_oracle),
+            _ratio(r.ratio_to_oracle_run),
             _ratio(r.ratio_to_aimd),
             _ratio(r.ratio_to_paper),
-            f"{100 * r.violation_rate:.1f}%",
+            _viol(r),
             _settle(r),
             str(r.knob_changes),
             str(r.failed_requests),
@@ -82,6 +90,8 @@ def summary_rows(records: Sequence[BenchRecord]) -> list[dict[str, Any]]:
     for pol in dict.fromkeys(r.policy for r in records):
         rs = [r for r in records if r.policy == pol]
         ro = [r.ratio_to_oracle for r in rs if r.ratio_to_oracle is not None]
+        rr = [r.ratio_to_oracle_run for r in rs if r.ratio_to_oracle_run is not None]
+        sv = [r.scenario_violation_rate for r in rs if r.scenario_violation_rate is not None]
         ra = [r.ratio_to_aimd for r in rs if r.ratio_to_aimd is not None]
         rp = [r.ratio_to_paper for r in rs if r.ratio_to_paper is not None]
         ra_f = [x for x in ra if math.isfinite(x)]
@@ -92,9 +102,11 @@ def summary_rows(records: Sequence[BenchRecord]) -> list[dict[str, Any]]:
                 "mean_ratio_to_oracle": sum(ro) / len(ro) if ro else None,
                 "min_ratio_to_oracle": min(ro) if ro else None,
                 "models_at_0.95_oracle": sum(1 for x in ro if x >= 0.95),
+                "mean_ratio_to_oracle_run": sum(rr) / len(rr) if rr else None,
                 "mean_ratio_to_aimd": sum(ra_f) / len(ra_f) if ra_f else None,
                 "mean_ratio_to_paper": sum(rp) / len(rp) if rp else None,
                 "mean_violation_rate": sum(r.violation_rate for r in rs) / len(rs),
+                "mean_scenario_violation_rate": sum(sv) / len(sv) if sv else None,
                 "failed_requests": sum(r.failed_requests for r in rs),
             }
         )
@@ -115,17 +127,17 @@ def summary_table(records: Sequence[BenchRecord]) -> Table:
 def markdown_tables(records: Sequence[BenchRecord]) -> str:
     """The per-model figures as one Markdown table, then the per-policy summary."""
     head = (
-        "| model | SLO | policy | approach | final knobs | online cap rps | /oracle | /aimd "
-        "| /paper | violations | settle start/chg | knob changes | failed |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| model | SLO | policy | approach | final knobs | online cap rps | /oracle | /oracle run "
+        "| /aimd | /paper | violations (scen) | settle start/chg | knob changes | failed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in records:
         rows.append(
             f"| {r.model} | p{r.percentile:g} {r.slo_ms:.1f} ms | {r.policy} | {r.approach} "
             f"| {fmt_knobs(r.final_knobs)} | {r.online_capacity_rps:.1f} "
-            f"| {_ratio(r.ratio_to_oracle)} | {_ratio(r.ratio_to_aimd)} "
-            f"| {_ratio(r.ratio_to_paper)} | {100 * r.violation_rate:.1f} % | {_settle(r)} "
+            f"| {_ratio(r.ratio_to_oracle)} | {_ratio(r.ratio_to_oracle_run)} "
+            f"| {_ratio(r.ratio_to_aimd)} | {_ratio(r.ratio_to_paper)} | {_viol(r)} | {_settle(r)} "
             f"| {r.knob_changes} | {r.failed_requests} |"
         )
     summ = summary_rows(records)
@@ -168,7 +180,8 @@ def write_report(
     timeseries: Mapping[tuple[str, str], Sequence[WindowRecord]] | None = None,
     console: Console | None = None,
 ) -> Path:
-    """Print the tables; write ``results.json``, ``capacity.png`` and ``timeseries_*.png``."""
+    """Print the tables; write ``results.json``, ``tables.md``, ``capacity.png`` and
+    ``timeseries_<model>_<policy>.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     con = console or Console(width=max(Console().width, 150))
     for model in dict.fromkeys(r.model for r in records):
@@ -183,6 +196,7 @@ def write_report(
     }
     path = out_dir / "results.json"
     path.write_text(json.dumps(_clean(doc), indent=1, default=_json_default) + "\n")
+    (out_dir / "tables.md").write_text(markdown_tables(records))
     if records:
         plot_capacity(records, out_dir / "capacity.png")
     for (model, policy), ws in (timeseries or {}).items():

@@ -12,7 +12,7 @@ import itertools
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -193,6 +193,7 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         oracle_knobs=oracles.full.knobs,
         ratio_to_oracle=online / cap if cap > 0 else None,
         violation_rate=m.violation_rate(scen_windows),
+        scenario_violation_rate=m.violation_rate([*load[1].windows, *slo_run[1].windows]),
         settle_windows=load[0].settle_windows[0],
         failed_requests=stair.failed_requests
         + load[1].failed_requests
@@ -255,6 +256,15 @@ def _policy_task(args: tuple[Profile, str, Oracles, SimBenchConfig]) -> PolicyOu
     return run_policy(profile, name, oracles, cfg)
 
 
+def _cost(profile: Profile, policy: str, oracles: Oracles, cfg: SimBenchConfig) -> float:
+    """Rough relative cost of a policy task, to schedule the longest first."""
+    win = cfg.window_for(profile)
+    steps = cfg.staircase.for_rate(oracles.full.capacity_rps, win).step_windows
+    requests = oracles.full.capacity_rps * win * steps
+    per_window = 5.0 if policy in ("dnnscaler", "paper") else 1.0
+    return steps * per_window + requests / 2000.0
+
+
 @dataclass(frozen=True)
 class SimBenchResult:
     records: list[BenchRecord]
@@ -301,10 +311,15 @@ def run_sim_bench(
                 done += 1
                 tick("oracle", done, total)
             ptasks = [(p, pol, oracles[p.name], cfg) for p in profiles for pol in cfg.policies]
-            for out in ex.map(_policy_task, ptasks):
+            ptasks.sort(key=lambda t: -_cost(t[0], t[1], t[2], cfg))  # longest first
+            futs = [ex.submit(_policy_task, t) for t in ptasks]
+            for fut in as_completed(futs):
+                out = fut.result()
                 outcomes.append(out)
                 done += 1
                 tick(f"{out.record.model} {out.record.policy}", done, total)
+    rank = {p.name: i for i, p in enumerate(profiles)}
+    outcomes.sort(key=lambda o: (rank[o.record.model], cfg.policies.index(o.record.policy)))
     records = with_ratios([o.record for o in outcomes])
     stairs = {(o.record.model, o.record.policy): o.staircase for o in outcomes}
     return SimBenchResult(records, stairs, oracles, time.perf_counter() - t0)

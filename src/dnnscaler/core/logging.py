@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(level: str = "info", json: bool | None = None) -> None:
-    """Configure structlog and stdlib logging for this process (idempotent)."""
-    use_json = (not sys.stderr.isatty()) if json is None else json
+def configure_logging(
+    level: str = "info", json: bool | None = None, file: TextIO | None = None
+) -> None:
+    """Configure structlog and stdlib logging for this process (idempotent).
+
+    ``file``: write log lines there (JSON unless told otherwise) instead of stderr.
+    """
+    global _FILE
+    _FILE = file
+    use_json = (file is not None or not sys.stderr.isatty()) if json is None else json
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         raise ValueError(f"log level: unknown level {level!r}")
@@ -37,9 +45,12 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[_StderrHandler()], force=True)
 
 
+_FILE: TextIO | None = None
+
+
 def _stderr_logger(*_args: object) -> structlog.PrintLogger:
     # Resolve sys.stderr at each use so that redirection (tests, daemons) is honoured.
-    return structlog.PrintLogger(file=sys.stderr)
+    return structlog.PrintLogger(file=_FILE if _FILE is not None else sys.stderr)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -172,6 +172,8 @@ class LoadGen:
         self._stopping = True
         self._rate_changed.set()
         if self._driver is not None:
+            if self._concurrency is not None:  # workers finish their current request
+                await asyncio.wait({self._driver}, timeout=drain_s)
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
@@ -270,6 +272,11 @@ class LoadGen:
                 outputs=self._outputs,
                 client_timeout=self.request_timeout_s,
             )
+        except asyncio.CancelledError:  # stopped before the answer came: not a success
+            self._err_total += 1
+            self._win_err += 1
+            self.last_error = "cancelled at stop"
+            raise
         except Exception as exc:
             self._err_total += 1
             self._win_err += 1

@@ -147,6 +147,8 @@ class DnnScalerPolicy:
             return self._hold(replace(state, last_pending=pending), "no completed requests")
 
         surface = state.surface.observe(w, obs.knobs.instances, obs.now_s, self.memory_s)
+        if not surface.known:
+            return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
         moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self.backoff_memory_s)
         load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
         slo = obs.slo.latency_ms

@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dnnscaler.core.types import WindowStats
+from dnnscaler.core.types import BatchStat, WindowStats
 from dnnscaler.policies.matrix_completion import known_rows
 
 ALPHA_PRIOR = 0.3
@@ -130,14 +130,19 @@ class Surface:
 
     def peak_rps(self, curve: tuple[float, ...], max_batch: int) -> float:
         """The GPU roofline in items/s (prior: headroom over the best single knob)."""
+        if not curve or curve[0] <= 0:
+            return self.peak_seen_rps
         a = self.alpha
         batching = 1000.0 * max_batch / (curve[0] * (1.0 + a * (max_batch - 1)))
-        mt = max(1000.0 * m / lat for m, lat in enumerate(curve, start=1))
+        mt = max(1000.0 * m / lat for m, lat in enumerate(curve, start=1) if lat > 0)
         return max((1.0 + PEAK_HEADROOM) * max(batching, mt), self.peak_seen_rps)
 
     def observe(self, w: WindowStats, instances: int, now_s: float, memory_s: float) -> Surface:
         """This surface with one more window (measured under ``instances``) folded in."""
         stats = [(b, s) for b, s in w.batch_stats.items() if s.count > 0 and s.compute_ms_mean > 0]
+        if not stats and w.compute_mean_ms and w.completed > 0:
+            # A server without per-batch statistics: its mean compute time, as batch 1.
+            stats = [(1, BatchStat(w.completed, w.compute_mean_ms))]
         if not stats:
             return self
         size = max(instances, len(self.bin_w))

@@ -2,16 +2,22 @@
 
 A phase machine, driven by elapsed time from the observations:
 
-1. **Profiler** — three probes, each ``settle_s`` (1 s) to let the change take effect and
-   then ``measure_s`` (3 s) of measurement, under the SLO: ``(b=1, n=1)``,
-   ``(b=8, n=1)`` and ``(b=1, n=8)`` (8 capped by the limits and GPU memory). For each probe
-   the capacity is estimated from the executed batches (``n * items / busy time``) and the
-   gain of batching and of multi-tenancy over the base is compared; a probe whose mean
-   compute time is over the SLO gains nothing. About 12-15 s in all.
-2. **Batching scaler** (``paper_batching``) from ``b = 1`` if batching gained more.
-3. **Multi-tenancy scaler** (``paper_mt``) otherwise: the ``k = 1`` and ``k = 8`` compute
-   times of the probes go into matrix completion (``matrix_completion``) to pick the
-   initial instance count, then the published 1 s loop.
+1. **Profiler** — three probes, each ``settle_s`` (1 s) for the change to take effect and
+   then ``measure_s`` (3 s) of measurement: ``(b=1, n=1)``, ``(b=8, n=1)`` and
+   ``(b=1, n=8)`` (8 capped by the limits and GPU memory). The paper measures each knob's
+   throughput gain on a saturated GPU; under open-loop load the probes see only what the
+   load offers, so the gains come from compute times: batching gains ``8 c(1) / c(8)`` with
+   ``c(b)`` the affine fit of the executed batches' compute times (both one-instance
+   probes), multi-tenancy gains ``8 c(1) / L(8)`` with ``L(8)`` completed by matrix
+   completion from ``c(1)`` and the compute time measured at the busy count the probe's
+   batches saw. A knob whose predicted compute time is over the SLO gains nothing. The
+   larger gain wins. About 12-15 s in all (three settles, three measurements, switches).
+2. **Batching scaler** (``paper_batching``) from ``b = 1`` if batching gained more. Its
+   latency is the paper's "batch latency": the mean compute time of the window's executed
+   batches (the authors time ``sess.run`` of a whole batch), not the end-to-end latency.
+3. **Multi-tenancy scaler** (``paper_mt``) otherwise: the completed row picks the initial
+   instance count (largest ``k`` estimated under the SLO), then the published 1 s loop on the
+   mean per-request inference time (the authors' co-located jobs time each inference).
 
 The approach is chosen once per deployment, as in the paper.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from dnnscaler.core.types import Approach, Knobs, Observation, instances_that_fit
+from dnnscaler.core.types import Approach, BatchStat, Knobs, Observation, instances_that_fit
 from dnnscaler.policies import paper_batching as pb
 from dnnscaler.policies import paper_mt as mt
 from dnnscaler.policies.base import Decision
@@ -41,61 +47,75 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True)
 class Probe:
-    """Accumulated measurement of one profiler probe."""
+    """Sums over one profiler probe's windows: a count-weighted regression of batch compute
+    time on batch size, plus busy time for the mean number of busy instances."""
 
     started_s: float | None = None  # when its knobs were first seen in force
-    items: int = 0
-    busy_ms: float = 0.0
-    b1_execs: int = 0
-    b1_compute_ms_sum: float = 0.0
-    latency_count: int = 0
-    latency_sum_ms: float = 0.0
-    throughput_sum: float = 0.0
-    windows: int = 0
-
-    def capacity_rps(self, instances: int) -> float:
-        if self.busy_ms > 0:
-            return instances * self.items / self.busy_ms * 1000.0
-        return self.throughput_sum / self.windows if self.windows else 0.0
-
-    @property
-    def compute_b1_ms(self) -> float | None:
-        if self.b1_execs:
-            return self.b1_compute_ms_sum / self.b1_execs
-        if self.latency_count:
-            return self.latency_sum_ms / self.latency_count
-        return None
+    execs: float = 0.0
+    sum_b: float = 0.0
+    sum_bb: float = 0.0
+    sum_c: float = 0.0
+    sum_bc: float = 0.0
+    window_ms: float = 0.0
 
     def add(self, obs: Observation) -> Probe:
         w = obs.window
-        items = self.items + sum(b * s.count for b, s in w.batch_stats.items())
-        busy = self.busy_ms + sum(s.count * s.compute_ms_mean for s in w.batch_stats.values())
-        b1 = w.batch_stats.get(1)
-        lat_n = w.completed if w.latency_mean_ms is not None else 0
+        stats = [(b, s) for b, s in w.batch_stats.items() if s.count > 0]
+        if not stats and w.compute_mean_ms and w.completed:
+            stats = [(1, BatchStat(w.completed, w.compute_mean_ms))]
         return replace(
             self,
-            items=items,
-            busy_ms=busy,
-            b1_execs=self.b1_execs + (b1.count if b1 else 0),
-            b1_compute_ms_sum=self.b1_compute_ms_sum
-            + (b1.count * b1.compute_ms_mean if b1 else 0.0),
-            latency_count=self.latency_count + lat_n,
-            latency_sum_ms=self.latency_sum_ms + lat_n * (w.latency_mean_ms or 0.0),
-            throughput_sum=self.throughput_sum + w.throughput_rps,
-            windows=self.windows + 1,
+            execs=self.execs + sum(s.count for _, s in stats),
+            sum_b=self.sum_b + sum(s.count * b for b, s in stats),
+            sum_bb=self.sum_bb + sum(s.count * b * b for b, s in stats),
+            sum_c=self.sum_c + sum(s.count * s.compute_ms_mean for _, s in stats),
+            sum_bc=self.sum_bc + sum(s.count * b * s.compute_ms_mean for b, s in stats),
+            window_ms=self.window_ms + 1000.0 * w.window_s,
         )
+
+    def merged(self, other: Probe) -> Probe:
+        return replace(
+            self,
+            execs=self.execs + other.execs,
+            sum_b=self.sum_b + other.sum_b,
+            sum_bb=self.sum_bb + other.sum_bb,
+            sum_c=self.sum_c + other.sum_c,
+            sum_bc=self.sum_bc + other.sum_bc,
+            window_ms=self.window_ms + other.window_ms,
+        )
+
+    @property
+    def mean_compute_ms(self) -> float:
+        return self.sum_c / self.execs if self.execs else 0.0
+
+    def compute_at(self, b: float) -> float:
+        """Compute time of a batch of ``b`` from the affine fit (no spread: the mean)."""
+        if not self.execs:
+            return 0.0
+        mb = self.sum_b / self.execs
+        var = self.sum_bb / self.execs - mb * mb
+        mc = self.mean_compute_ms
+        if var < 0.05:
+            return mc * b / max(mb, 1.0)  # one size seen: assume no batching gain
+        q = (self.sum_bc / self.execs - mb * mc) / var
+        return max(mc + q * (b - mb), 1e-6)
+
+    def busy_instances(self, instances: int) -> float:
+        """Busy count a batch saw: 1 + (mean busy instances) * (n - 1) / n."""
+        if self.window_ms <= 0:
+            return 1.0
+        util = min(float(instances), self.sum_c / self.window_ms)
+        return 1.0 + util * (instances - 1) / instances
 
 
 @dataclass(frozen=True)
 class PaperState:
     phase: Phase = Phase.PROBE_BASE
     probe: Probe = field(default_factory=Probe)
-    base_rps: float = 0.0
+    base_probe: Probe = field(default_factory=Probe)
     base_compute_ms: float = 0.0
-    batch_rps: float = 0.0
-    mt_instances: int = 0
-    mt_rps: float = 0.0
-    mt_compute_ms: float = 0.0
+    gain_batching: float = 0.0
+    gain_multi_tenancy: float = 0.0
     search: pb.BinarySearch = field(default_factory=pb.BinarySearch)
     agg: Aggregate = field(default_factory=Aggregate)
     loop: mt.MtLoop = field(default_factory=mt.MtLoop)
@@ -126,7 +146,7 @@ class PaperPolicy:
         if phase is Phase.PROBE_BATCH:
             return Knobs(max_batch_size=min(PROBE_SIZE, obs.limits.max_batch_size))
         if phase is Phase.PROBE_MT:
-            return Knobs(instances=min(PROBE_SIZE, self._top_instances(obs)))
+            return Knobs(instances=max(1, state_probe_instances))
         return Knobs()
 
     def _top_instances(self, obs: Observation) -> int:
@@ -153,36 +173,40 @@ class PaperPolicy:
         if elapsed < self.settle_s + self.measure_s - 0.05:
             return Decision(knobs, replace(state, probe=probe), Approach.UNDECIDED, why)
         slo = obs.slo.latency_ms
-        rps = probe.capacity_rps(knobs.instances)
-        comp = probe.compute_b1_ms or 0.0
         if state.phase is Phase.PROBE_BASE:
             nxt = replace(
-                state, phase=Phase.PROBE_BATCH, probe=Probe(), base_rps=rps, base_compute_ms=comp
-            )
-            return Decision(self._probe_knobs(obs, nxt.phase), nxt, Approach.UNDECIDED, why)
-        if state.phase is Phase.PROBE_BATCH:
-            batch_ok = probe.latency_count > 0 and probe.latency_sum_ms <= slo * probe.latency_count
-            nxt = replace(
                 state,
-                phase=Phase.PROBE_MT,
+                phase=Phase.PROBE_BATCH,
                 probe=Probe(),
-                batch_rps=rps if batch_ok else 0.0,
+                base_probe=replace(probe, started_s=None),
+                base_compute_ms=probe.compute_at(1.0),
             )
             return Decision(self._probe_knobs(obs, nxt.phase), nxt, Approach.UNDECIDED, why)
-        mt_ok = comp <= slo
-        done = replace(
-            state,
-            probe=Probe(),
-            mt_instances=knobs.instances,
-            mt_rps=rps if mt_ok else 0.0,
-            mt_compute_ms=comp,
-        )
+        c1 = state.base_compute_ms
+        if state.phase is Phase.PROBE_BATCH:
+            # Both probes ran one instance: fit the batching law on both.
+            fit = probe.merged(state.base_probe)
+            b = knobs.max_batch_size
+            cb = fit.compute_at(float(b))
+            gain = b * c1 / cb if c1 > 0 and 0 < cb <= slo else 0.0
+            nxt = replace(state, phase=Phase.PROBE_MT, probe=Probe(), gain_batching=gain)
+            return Decision(self._probe_knobs(obs, nxt.phase), nxt, Approach.UNDECIDED, why)
+        # Multi-tenancy probe: the mean compute time was measured at the busy count the
+        # batches saw (light load keeps it below n); matrix completion extends it to n.
+        k = knobs.instances
+        measured = {1: c1}
+        seen = probe.busy_instances(k)
+        if seen >= 1.5 and probe.execs:
+            measured[min(round(seen), MAX_INSTANCES)] = probe.compute_at(1.0)
+        estimates = estimate_row(measured) if c1 > 0 else ()
+        lat_k = estimates[k - 1] if estimates else 0.0
+        gain_m = k * c1 / lat_k if c1 > 0 and 0 < lat_k <= slo else 0.0
+        done = replace(state, probe=Probe(), gain_multi_tenancy=gain_m, mc_estimates_ms=estimates)
         return self._choose(obs, done)
 
     def _choose(self, obs: Observation, state: PaperState) -> Decision[PaperState]:
-        base = max(state.base_rps, 1e-9)
-        gain_b = state.batch_rps / base
-        gain_m = state.mt_rps / base
+        gain_b = state.gain_batching
+        gain_m = state.gain_multi_tenancy
         if gain_b >= gain_m:
             search = pb.initial_search(obs.limits.max_batch_size)
             nxt = replace(state, phase=Phase.BATCHING, search=search, agg=Aggregate())
@@ -192,14 +216,11 @@ class PaperPolicy:
                 Approach.BATCHING,
                 f"profiler: batching gains {gain_b:.2f}x vs multi-tenancy {gain_m:.2f}x",
             )
-        measured = {1: state.base_compute_ms}
-        if state.mt_instances > 1 and state.mt_compute_ms > 0:
-            measured[state.mt_instances] = state.mt_compute_ms
-        estimates = estimate_row(measured) if state.base_compute_ms > 0 else ()
+        estimates = state.mc_estimates_ms
         top = self._top_instances(obs)
         k = mt.initial_instances(estimates, obs.slo.latency_ms, top) if estimates else 1
         loop = mt.MtLoop(instances=k, wait_until_s=obs.now_s + self.bias_step_s * k)
-        nxt = replace(state, phase=Phase.MULTI_TENANCY, loop=loop, mc_estimates_ms=estimates)
+        nxt = replace(state, phase=Phase.MULTI_TENANCY, loop=loop)
         return Decision(
             Knobs(instances=k),
             nxt,
@@ -219,16 +240,17 @@ class PaperPolicy:
         agg = state.agg.add(obs)
         if not agg.complete(obs.now_s, self.interval_s):
             return Decision(knobs, replace(state, agg=agg), Approach.BATCHING, "aggregating")
-        if agg.mean_ms is None:
+        latency = agg.batch_latency_ms
+        if latency is None:
             return Decision(
                 knobs, replace(state, agg=agg.restarted(obs.now_s)), Approach.BATCHING, "idle"
             )
-        new = pb.step(search, agg.mean_ms, obs.slo.latency_ms, top)
+        new = pb.step(search, latency, obs.slo.latency_ms, top)
         return Decision(
             Knobs(max_batch_size=new.batch_size, instances=1),
             replace(state, search=new, agg=agg.restarted(obs.now_s)),
             Approach.BATCHING,
-            f"mean {agg.mean_ms:.1f}ms vs SLO {obs.slo.latency_ms:.1f}ms: "
+            f"batch latency {latency:.1f}ms vs SLO {obs.slo.latency_ms:.1f}ms: "
             f"b={new.batch_size} [{new.lo + 1}..{new.hi + 1}]",
         )
 
@@ -246,8 +268,9 @@ class PaperPolicy:
                 "applying",
             )
         w = obs.window
-        if w.completed > 0 and w.latency_mean_ms is not None:
-            loop = replace(loop, recent=mt.remember(loop.recent, w.completed, w.latency_mean_ms))
+        per_request = w.compute_mean_ms if w.compute_mean_ms is not None else w.latency_mean_ms
+        if w.completed > 0 and per_request is not None:
+            loop = replace(loop, recent=mt.remember(loop.recent, w.completed, per_request))
         latency = mt.recent_mean(loop.recent)
         if latency is None:
             return Decision(knobs, replace(state, loop=loop), Approach.MULTI_TENANCY, "idle")

@@ -26,11 +26,20 @@ class Aggregate:
     mean_weighted_ms: float = 0.0
     p95_weighted_ms: float = 0.0
     p95_max_ms: float = 0.0
+    batches: int = 0
+    batch_compute_sum_ms: float = 0.0
 
     @property
     def mean_ms(self) -> float | None:
         """Completion-weighted mean latency over the interval."""
         return self.mean_weighted_ms / self.completed if self.completed else None
+
+    @property
+    def batch_latency_ms(self) -> float | None:
+        """Mean compute time of the executed batches (the paper's "batch latency")."""
+        if self.batches:
+            return self.batch_compute_sum_ms / self.batches
+        return self.mean_ms
 
     @property
     def p95_ms(self) -> float | None:
@@ -49,6 +58,10 @@ class Aggregate:
         n = w.completed
         if n <= 0 or w.latency_mean_ms is None:
             return base
+        batches = sum(s.count for s in w.batch_stats.values())
+        batch_sum = sum(s.count * s.compute_ms_mean for s in w.batch_stats.values())
+        if not batches and w.compute_mean_ms is not None:
+            batches, batch_sum = n, n * w.compute_mean_ms
         p95 = w.latency_p95_ms if w.latency_p95_ms is not None else w.latency_p99_ms
         p95 = p95 if p95 is not None else w.latency_mean_ms
         return replace(
@@ -57,6 +70,8 @@ class Aggregate:
             mean_weighted_ms=base.mean_weighted_ms + n * w.latency_mean_ms,
             p95_weighted_ms=base.p95_weighted_ms + n * p95,
             p95_max_ms=max(base.p95_max_ms, p95),
+            batches=base.batches + batches,
+            batch_compute_sum_ms=base.batch_compute_sum_ms + batch_sum,
         )
 
     def complete(self, now_s: float, interval_s: float) -> bool:

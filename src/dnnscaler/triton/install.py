@@ -91,3 +91,12 @@ def find_triton() -> TritonInstall:
         if not path.exists():
             raise TritonNotInstalled(f"{path} is missing (Python {version}); {HINT}")
     return install
+
+
+def triton_installed() -> bool:
+    """Whether ``find_triton`` would succeed (for skipping tests and demos)."""
+    try:
+        find_triton()
+    except TritonNotInstalled:
+        return False
+    return True

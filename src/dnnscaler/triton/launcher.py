@@ -68,6 +68,8 @@ class LocalTriton:
 
     ``models`` are loaded at start (explicit model-control mode); others in the repository
     can be loaded later through the client API. Ports left ``None`` are picked free.
+    ``exit_timeout_s`` is how long Triton waits for in-flight work on SIGTERM (a model
+    whose reload failed can hold it that long); ``stop_timeout_s`` is when we SIGKILL.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class LocalTriton:
         trace_log_frequency: int = 20,
         ready_timeout_s: float = 120.0,
         stop_timeout_s: float = 20.0,
+        exit_timeout_s: int = 10,
         log_verbose: int = 0,
         extra_args: Sequence[str] = (),
         install: TritonInstall | None = None,
@@ -95,7 +98,8 @@ class LocalTriton:
         self.trace = trace
         self.trace_log_frequency = trace_log_frequency
         self.ready_timeout_s = ready_timeout_s
-        self.stop_timeout_s = stop_timeout_s
+        self.stop_timeout_s = max(stop_timeout_s, exit_timeout_s + 5.0)
+        self.exit_timeout_s = exit_timeout_s
         self.log_verbose = log_verbose
         self.extra_args = list(extra_args)
         self._install = install
@@ -187,7 +191,7 @@ class LocalTriton:
             "--allow-cpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 5)}",
+            f"--exit-timeout-secs={max(0, int(self.exit_timeout_s))}",
             f"--log-verbose={self.log_verbose}",
         ]
         if self.trace and self.trace_file is not None:

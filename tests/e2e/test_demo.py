@@ -1,0 +1,56 @@
+"""`dnnscaler demo` runs end to end, ends by itself, exits 0 and writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dnnscaler.cli", "demo", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _check(tmp_path: Path, r: subprocess.CompletedProcess[str], models: set[str]) -> dict:
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "demo summary" in r.stdout
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert {m["model"] for m in doc["models"]} == models
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert doc["failed_requests"] == 0
+    return doc
+
+
+@pytest.mark.timeout(300)
+def test_demo_sim(tmp_path: Path) -> None:
+    r = _demo(tmp_path, "--backend", "sim", "--step-s", "3")
+    doc = _check(tmp_path, r, {"mobilenet", "inception"})
+    # The controller acted: knobs moved away from the defaults on at least one model.
+    assert any(
+        (m["final_knobs"]["max_batch_size"], m["final_knobs"]["instances"]) != (1, 1)
+        for m in doc["models"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@pytest.mark.timeout(400)
+def test_demo_real_triton(tmp_path: Path) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    r = _demo(tmp_path, "--step-s", "8")
+    doc = _check(tmp_path, r, {"wide_mlp", "serial_io"})
+    assert sum(m["knob_changes"] for m in doc["models"]) >= 1
+    # Nothing left behind: no Triton of the demo's, no new shared-memory file.
+    leftovers = subprocess.run(["pgrep", "-f", "dnnscaler-demo-"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+    assert set(os.listdir("/dev/shm")) - shm_before == set()

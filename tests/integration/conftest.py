@@ -1,0 +1,82 @@
+"""Shared helpers for tests that start a real Triton from the nvidia-pytriton wheel.
+
+Each test module shares ONE server (module-scoped ``triton_server``): the module sets
+``TRITON_DEMO_MODELS`` (demo models to write and load) and optionally
+``TRITON_EXTRA_MODELS`` (test-only models written by ``write_test_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dnnscaler.triton.demo_models import write_repository
+from dnnscaler.triton.install import triton_installed
+from dnnscaler.triton.launcher import LocalTriton
+
+# A model whose initialize() fails when max_batch_size exceeds a bound: a reload to a
+# larger batch fails inside Triton although the knobs are within the declared limits.
+FRAGILE_MODEL_PY = """
+import json
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        if int(cfg["max_batch_size"]) > {bound}:
+            raise ValueError("this model cannot batch beyond {bound}")
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0")
+                                 .as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+FRAGILE_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: {bound}
+dynamic_batching {{ }}
+instance_group [ {{ count: 1, kind: KIND_CPU }} ]
+input [ {{ name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+parameters {{ key: "dnnscaler.max_batch_size" value: {{ string_value: "16" }} }}
+parameters {{ key: "dnnscaler.max_instances" value: {{ string_value: "2" }} }}
+"""
+
+
+def write_test_model(repo: Path, name: str = "fragile", bound: int = 4) -> str:
+    """Write the fragile test model (loads only with max_batch_size <= ``bound``)."""
+    vdir = repo / name / "1"
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / "model.py").write_text(FRAGILE_MODEL_PY.format(bound=bound))
+    (repo / name / "config.pbtxt").write_text(FRAGILE_CONFIG.format(name=name, bound=bound))
+    return name
+
+
+@pytest.fixture(scope="module")
+def triton_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalTriton]:
+    if not triton_installed():
+        pytest.skip("nvidia-pytriton not installed")
+    demo = list(getattr(request.module, "TRITON_DEMO_MODELS", ["echo"]))
+    extra = list(getattr(request.module, "TRITON_EXTRA_MODELS", []))
+    repo = tmp_path_factory.mktemp("model_repo")
+    write_repository(repo, demo)
+    for name in extra:
+        write_test_model(repo, name)
+    server = LocalTriton(
+        repo, demo + extra, workdir=tmp_path_factory.mktemp("triton"), exit_timeout_s=3
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,84 @@
+"""The agent's per-window tail latency agrees with what clients measure.
+
+Acceptance: in steady state the backend's p99 is within 15 % (or 2 ms) of the p99 the
+load generator measures on the client side over the same window, in at least 3 of 4
+consecutive windows (a single window's p99 rests on its ~4 slowest requests, and the box
+is shared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dnnscaler.agents.backends.triton import TritonBackend
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import Knobs
+from dnnscaler.loadgen import LoadGen
+from dnnscaler.triton.install import triton_installed
+from dnnscaler.triton.launcher import LocalTriton
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.triton,
+    pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton not installed"),
+]
+
+TRITON_DEMO_MODELS = ["serial_io", "wide_mlp"]
+WINDOWS = 4
+WINDOW_S = 2.5
+log = get_logger(__name__)
+
+
+@pytest.fixture
+async def backend(triton_server: LocalTriton) -> AsyncIterator[TritonBackend]:
+    b = TritonBackend(triton_server.grpc_url, triton_server.metrics_url)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def agrees(server_ms: float, client_ms: float) -> bool:
+    return abs(server_ms - client_ms) <= max(0.15 * client_ms, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "knobs", "rate_rps"),
+    [
+        ("serial_io", Knobs(max_batch_size=1, instances=4), 150.0),  # instance-heavy
+        ("wide_mlp", Knobs(max_batch_size=16, instances=1), 120.0),  # batching-heavy
+    ],
+)
+async def test_agent_p99_matches_client_p99(
+    backend: TritonBackend, triton_server: LocalTriton, model: str, knobs: Knobs, rate_rps: float
+) -> None:
+    outcome = await backend.apply(model, knobs)
+    for _ in range(60):
+        if not outcome.in_progress:
+            break
+        await asyncio.sleep(0.5)
+        outcome = await backend.apply(model, knobs)
+    assert outcome.ok, outcome.error
+    pairs: list[tuple[float, float]] = []
+    async with LoadGen(triton_server.grpc_url, model, rate_rps=rate_rps, seed=7) as gen:
+        await asyncio.sleep(2.0)  # warm up, then start both windows together
+        gen.window()
+        await backend.observe()
+        for _ in range(WINDOWS):
+            await asyncio.sleep(WINDOW_S)
+            client = gen.window()
+            server = {w.info.name: w.window for w in await backend.observe()}[model]
+            assert client.errors == 0 and server.failed == 0
+            assert client.latency_p99_ms is not None
+            assert server.latency_p99_ms is not None, "the agent must report a p99"
+            assert server.latency_p50_ms is not None and server.latency_p95_ms is not None
+            assert server.completed > 0 and server.throughput_rps > 0
+            assert server.batch_stats and server.queue_mean_ms is not None
+            pairs.append((server.latency_p99_ms, client.latency_p99_ms))
+    log.info("p99_agreement", model=model, pairs=[(round(s, 2), round(c, 2)) for s, c in pairs])
+    good = sum(agrees(s, c) for s, c in pairs)
+    assert good >= WINDOWS - 1, f"agent vs client p99 (ms): {pairs}"

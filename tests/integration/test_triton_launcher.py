@@ -1,0 +1,94 @@
+"""The local Triton launcher: starts, serves, stops clean; the backend sees it go away."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from dnnscaler.agents.backend import BackendUnavailable
+from dnnscaler.agents.backends.triton import TritonBackend
+from dnnscaler.core.types import Knobs
+from dnnscaler.triton.demo_models import write_repository
+from dnnscaler.triton.install import triton_installed
+from dnnscaler.triton.launcher import LocalTriton, TritonStartError, free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.triton,
+    pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("repo")
+    write_repository(path, ["echo"])
+    return path
+
+
+def _procs_with(marker: str) -> list[int]:
+    """PIDs whose command line mentions ``marker`` (our stubs carry the shm prefix)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+def test_serves_then_leaves_no_process_or_shm(repo: Path) -> None:
+    with LocalTriton(repo, ["echo"]) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inp = grpcclient.InferInput("INPUT0", [2, 16], "FP32")
+        data = np.arange(32, dtype=np.float32).reshape(2, 16)
+        inp.set_data_from_numpy(data)
+        out = client.infer("echo", [inp]).as_numpy("OUTPUT0")
+        client.close()
+        assert np.array_equal(out, data)
+        assert server.shm_files(), "the Python backend should hold shared memory while up"
+        assert _procs_with(server.shm_prefix), "a stub process should be running"
+        prefix = server.shm_prefix
+    assert not server.running()
+    assert not server.group_alive()
+    assert server.shm_files() == []
+    assert _procs_with(prefix) == []
+    assert "echo" in server.log_path.read_text()
+
+
+def test_start_failure_reports_the_log_and_cleans_up(repo: Path) -> None:
+    server = LocalTriton(repo, ["no_such_model"], ready_timeout_s=60)
+    with pytest.raises(TritonStartError, match="no_such_model"):
+        server.start()
+    assert not server.group_alive()
+    assert server.shm_files() == []
+
+
+async def test_backend_unavailable_when_triton_is_down(repo: Path) -> None:
+    async with LocalTriton(repo, ["echo"]) as server:
+        backend = TritonBackend(server.grpc_url, server.metrics_url)
+        await backend.start()
+        assert [m.name for m in await backend.list_models()] == ["echo"]
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(BackendUnavailable):
+            await backend.observe()
+        with pytest.raises(BackendUnavailable):
+            await backend.apply("echo", Knobs(max_batch_size=4, instances=1))
+        await backend.close()
+    assert not server.group_alive()
+    assert server.shm_files() == []
+
+
+async def test_backend_start_without_server() -> None:
+    backend = TritonBackend(f"127.0.0.1:{free_port()}")
+    with pytest.raises(BackendUnavailable):
+        await backend.start()
+    await backend.close()

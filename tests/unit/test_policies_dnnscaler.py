@@ -1,0 +1,182 @@
+"""Our default policy: legality for arbitrary observations, and stability on the sim."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_policies_support import obs
+
+from dnnscaler.core.types import (
+    BatchStat,
+    GpuTelemetry,
+    KnobLimits,
+    Knobs,
+    Observation,
+    Slo,
+    WindowStats,
+    instances_that_fit,
+)
+from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
+from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid
+from dnnscaler.policies.latency_surface import Surface
+from dnnscaler.sim.profile import shipped_profiles
+from dnnscaler.sim.server import SimServer
+
+finite = st.floats(min_value=0.01, max_value=5000.0, allow_nan=False)
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    limits = KnobLimits(
+        max_batch_size=draw(st.integers(1, 256)),
+        max_instances=draw(st.integers(1, 16)),
+        max_queue_delay_us=draw(st.integers(0, 100_000)),
+    )
+    knobs = Knobs(
+        draw(st.integers(1, limits.max_batch_size)),
+        draw(st.integers(1, limits.max_instances)),
+        draw(st.integers(0, limits.max_queue_delay_us)),
+    )
+    stats = draw(
+        st.dictionaries(
+            st.integers(1, limits.max_batch_size),
+            st.builds(BatchStat, st.integers(0, 1000), finite),
+            max_size=4,
+        )
+    )
+    completed = draw(st.integers(0, 5000))
+    lat = draw(st.none() | finite) if completed else None
+    total = draw(st.none() | st.floats(1000, 80_000))
+    gpu = GpuTelemetry(
+        memory_total_mb=total,
+        memory_used_mb=None if total is None else draw(st.floats(0, total)),
+    )
+    return Observation(
+        now_s=draw(st.floats(0, 1e6)),
+        model="m",
+        slo=Slo(draw(finite), draw(st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]))),
+        knobs=knobs,
+        limits=limits,
+        window=WindowStats(
+            window_s=draw(st.floats(0.1, 10.0)),
+            completed=completed,
+            throughput_rps=draw(st.floats(0, 1e5)),
+            latency_mean_ms=lat,
+            latency_p50_ms=lat,
+            latency_p95_ms=lat,
+            latency_p99_ms=lat,
+            compute_mean_ms=draw(st.none() | finite),
+            pending_requests=draw(st.none() | st.integers(0, 100_000)),
+            batch_stats=stats,
+        ),
+        gpu=gpu,
+        instance_memory_mb=draw(st.none() | st.floats(100, 20_000)),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(observations(), min_size=1, max_size=6))
+def test_never_outside_limits_or_memory(seq: list[Observation]) -> None:
+    policy = DnnScalerPolicy()
+    state = policy.initial_state(seq[0])
+    now = seq[0].now_s
+    for o in seq:
+        now += abs(o.now_s) % 5 + 0.5  # time moves forward
+        o = Observation(
+            now, o.model, o.slo, o.knobs, o.limits, o.window, o.gpu, o.instance_memory_mb
+        )
+        dec = policy.decide(o, state)
+        state = dec.state
+        dec.knobs.validate(o.limits)
+        fit = instances_that_fit(o.limits, o.knobs.instances, o.instance_memory_mb, o.gpu)
+        assert dec.knobs.instances <= max(fit, 1)
+        asdict(state)  # persistable
+
+
+def test_holds_without_completed_requests() -> None:
+    policy = DnnScalerPolicy()
+    o = obs(1.0, Knobs(4, 2, 0), mean_ms=None)
+    dec = policy.decide(o, policy.initial_state(o))
+    assert dec.knobs == Knobs(4, 2, 0)
+
+
+def test_capacity_model_orders_batching_for_a_batching_friendly_surface() -> None:
+    # Cheap extra samples (alpha 0.05): batch 16 must beat batch 1 by a wide margin.
+    b1 = capacity_rps(1, 1, 10.0, 0.05, 50.0, 0.99)
+    b16 = capacity_rps(1, 16, 10.0, 0.05, 50.0, 0.99)
+    assert b16 > 4 * b1
+    # A tail bound below the service time admits nothing.
+    assert capacity_rps(1, 16, 10.0, 0.05, 5.0, 0.99) == 0.0
+    # The predicted tail grows with load and is unbounded past saturation.
+    t1 = predicted_tail_ms(20.0, 1, 1, 10.0, 0.05, 0.99)
+    t2 = predicted_tail_ms(80.0, 1, 1, 10.0, 0.05, 0.99)
+    assert t1 < t2 and math.isinf(predicted_tail_ms(150.0, 1, 1, 10.0, 0.05, 0.99))
+
+
+def test_surface_learns_the_batching_slope_from_batch_statistics() -> None:
+    s = Surface()
+    for t in range(1, 11):
+        w = WindowStats(
+            window_s=1.0,
+            completed=100,
+            batch_stats={b: BatchStat(10, 8.0 * (1 + 0.2 * (b - 1))) for b in (1, 2, 4, 8)},
+        )
+        s = s.observe(w, 1, float(t), memory_s=60.0)
+    assert abs(s.alpha - 0.2) < 0.02
+    assert abs(s.curve(1)[0] - 8.0) < 0.5
+
+
+def test_batch_grid() -> None:
+    assert batch_grid(1) == (1,)
+    assert batch_grid(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_grid(128)[-1] == 128
+
+
+def _drive(profile_name: str, rate_frac: float, windows: int, seed: int = 1) -> list[Knobs]:
+    """Run the policy on the simulated server at a fixed load; knobs in force per window."""
+    prof = shipped_profiles()[profile_name]
+    srv = SimServer(prof, Knobs(prof.max_batch_size, 1, 0), seed=seed)
+    slo = Slo(prof.default_slo_ms, 99.0)
+    # Offered load: a fraction of what batch-1 multi-tenancy or batching could do.
+    best = max(prof.throughput_rps(b, n) for b in (1, 8) for n in range(1, prof.max_instances + 1))
+    srv.set_arrival_rate(rate_frac * best)
+    policy = DnnScalerPolicy()
+    state = None
+    in_force = []
+    for i in range(windows):
+        srv.advance_to(float(i + 1))
+        o = Observation(
+            srv.now_s,
+            prof.name,
+            slo,
+            srv.knobs,
+            prof.limits(),
+            srv.collect_window(),
+            srv.gpu_telemetry(),
+            prof.instance_memory_mb,
+        )
+        if state is None:
+            state = policy.initial_state(o)
+        dec = policy.decide(o, state)
+        state = dec.state
+        if dec.knobs != srv.knobs and dec.knobs != srv.pending_knobs:
+            srv.set_knobs(dec.knobs)
+        in_force.append(srv.knobs)
+    return in_force
+
+
+def _changes(knobs: list[Knobs]) -> int:
+    return sum(1 for a, b in itertools.pairwise(knobs) if a != b)
+
+
+def test_steady_state_knob_changes_are_bounded() -> None:
+    # Constant load: after the first minute the config must settle (at most one change in
+    # the next minute), on a batching-friendly and on a multi-tenancy-friendly network.
+    for name in ("caltech/Inc-V1", "imagenet/Mob-V1-025"):
+        knobs = _drive(name, 0.4, 120)
+        assert _changes(knobs[:60]) >= 1, name  # it did move away from the defaults
+        assert _changes(knobs[60:]) <= 1, name

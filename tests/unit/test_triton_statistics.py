@@ -1,0 +1,77 @@
+"""Differencing Triton's cumulative statistics, including the reset on a full reload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dnnscaler.triton.statistics import Cumulative
+
+
+def _stats(success: int, ns_per: int = 2_000_000, fail: int = 0, b1: int = 0, b4: int = 0) -> Any:
+    def d(count: int, ns: int) -> dict[str, str]:
+        return {"count": str(count), "ns": str(ns)} if count else {}
+
+    execs = b1 + b4
+    return [
+        {
+            "name": "m",
+            "version": "1",
+            "inference_count": str(success),
+            "execution_count": str(execs),
+            "inference_stats": {
+                "success": d(success, success * ns_per),
+                "fail": d(fail, fail * 1000),
+                "queue": d(success, success * 500_000),
+                "compute_input": d(execs, execs * 100_000),
+                "compute_infer": d(execs, execs * 1_000_000),
+                "compute_output": d(execs, execs * 100_000),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": "1",
+                    "compute_infer": d(b1, b1 * 1_000_000),
+                    "compute_input": d(b1, 0),
+                    "compute_output": d(b1, 0),
+                },
+                {"batch_size": "4", "compute_infer": d(b4, b4 * 3_000_000)},
+            ],
+        }
+    ]
+
+
+def test_window_is_the_difference() -> None:
+    a = Cumulative.parse(_stats(10, b1=10))
+    b = Cumulative.parse(_stats(30, fail=2, b1=14, b4=4))
+    w = b.minus(a)
+    assert w.success.count == 20
+    assert w.fail.count == 2
+    assert w.mean_ms(w.success) == 2.0
+    assert w.mean_ms(w.queue) == 0.5
+    stats = w.batch_stats()
+    assert set(stats) == {1, 4}
+    assert stats[1].count == 4
+    assert stats[4].count == 4
+    assert stats[4].compute_ms_mean == 3.0
+
+
+def test_reset_after_full_reload_uses_the_new_counters_alone() -> None:
+    before = Cumulative.parse(_stats(1000, b1=1000))
+    after = Cumulative.parse(_stats(25, b1=5, b4=5))
+    assert after.went_back_from(before)
+    w = after.minus(before)
+    assert w.success.count == 25
+    assert w.batch_stats()[4].count == 5
+
+
+def test_empty_and_first_window() -> None:
+    empty = Cumulative.parse([])
+    assert empty.success.count == 0
+    assert empty.mean_ms(empty.success) is None
+    first = Cumulative.parse(_stats(5, b1=5))
+    assert first.minus(None).success.count == 5
+
+
+def test_versions_are_summed() -> None:
+    two = Cumulative.parse(_stats(3, b1=3) + _stats(4, b1=4))
+    assert two.success.count == 7
+    assert two.batches[1].count == 7
