@@ -486,7 +486,7 @@ class TritonBackend:
             return
         if self._trace_log_frequency is None or total_rps <= 0:
             return
-        want = int(min(200, max(5, total_rps / 8)))
+        want = int(min(200, max(1, total_rps / 8)))
         cur = self._trace_log_frequency
         if cur and 0.5 <= want / cur <= 2:
             return

@@ -124,7 +124,7 @@ async def test_bad_knobs_refused_before_any_call(
 ) -> None:
     before = read_back(triton_server, "serial_io")
     spy = _Spy(backend._client)
-    backend._client = spy  # type: ignore[assignment]
+    backend._client = spy
     try:
         with pytest.raises(KnobRejected):
             await backend.apply("serial_io", bad)

@@ -59,7 +59,7 @@ def test_results_json_shape(quick_results: tuple[dict, Path]) -> None:
         ):
             assert key in r, key
         assert set(r["final_knobs"]) == {"max_batch_size", "instances", "queue_delay_us"}
-        assert [s["name"] for s in r["scenarios"]] == ["load-drop", "slo-halved"]
+        assert [s["name"] for s in r["scenarios"]] == ["load-drop", "slo-halved", "interference"]
         assert r["failed_requests"] == 0
         assert 0.0 <= r["violation_rate"] <= 1.0
     assert (out / "capacity.png").stat().st_size > 0

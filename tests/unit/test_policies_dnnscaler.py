@@ -21,7 +21,7 @@ from dnnscaler.core.types import (
     instances_that_fit,
 )
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
-from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid
+from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid, fit_during_change
 from dnnscaler.policies.latency_surface import Surface
 from dnnscaler.sim.profile import shipped_profiles
 from dnnscaler.sim.server import SimServer
@@ -83,6 +83,7 @@ def observations(draw: st.DrawFn) -> Observation:
 def test_never_outside_limits_or_memory(seq: list[Observation]) -> None:
     policy = DnnScalerPolicy()
     state = policy.initial_state(seq[0])
+    prev_target = state.target
     now = seq[0].now_s
     for o in seq:
         now += abs(o.now_s) % 5 + 0.5  # time moves forward
@@ -92,8 +93,14 @@ def test_never_outside_limits_or_memory(seq: list[Observation]) -> None:
         dec = policy.decide(o, state)
         state = dec.state
         dec.knobs.validate(o.limits)
-        fit = instances_that_fit(o.limits, o.knobs.instances, o.instance_memory_mb, o.gpu)
-        assert dec.knobs.instances <= max(fit, 1)
+        # What fits counts the memory a change under way holds (both configs for a reload).
+        fit = fit_during_change(o, dec.knobs)
+        assert dec.knobs.instances <= fit
+        if dec.knobs != prev_target and dec.knobs.instances > o.knobs.instances:
+            # A new target only grows into memory that is free now.
+            grow = instances_that_fit(o.limits, o.knobs.instances, o.instance_memory_mb, o.gpu)
+            assert dec.knobs.instances <= grow
+        prev_target = dec.knobs
         asdict(state)  # persistable
 
 

@@ -98,19 +98,19 @@ def test_instance_change_is_quick_and_batch_change_waits_for_reload() -> None:
     srv = _server(Knobs(1, 1, 0), timing=timing)
     srv.set_arrival_rate(50.0)
     srv.advance_to(1.0)
-    srv.set_knobs(Knobs(1, 3, 0))
+    srv.set_knobs(Knobs(1, 2, 0))
     srv.advance_to(1.19)
     assert srv.knobs.instances == 1
     srv.advance_to(1.21)
-    assert srv.knobs.instances == 3
-    srv.set_knobs(Knobs(8, 3, 0))
+    assert srv.knobs.instances == 2
+    srv.set_knobs(Knobs(8, 2, 0))
     srv.advance_to(2.7)
-    assert srv.knobs.max_batch_size == 1 and srv.pending_knobs == Knobs(8, 3, 0)
-    # Both configs are resident during the reload.
-    assert srv.gpu_telemetry().memory_used_mb == 6000.0
+    assert srv.knobs.max_batch_size == 1 and srv.pending_knobs == Knobs(8, 2, 0)
+    # Both configs are resident during the reload (capped at the GPU's memory).
+    assert srv.gpu_telemetry().memory_used_mb == 4000.0
     srv.advance_to(2.72)
-    assert srv.knobs == Knobs(8, 3, 0) and srv.pending_knobs is None
-    assert srv.gpu_telemetry().memory_used_mb == 3000.0
+    assert srv.knobs == Knobs(8, 2, 0) and srv.pending_knobs is None
+    assert srv.gpu_telemetry().memory_used_mb == 2000.0
 
 
 def test_no_request_is_lost_across_reconfigurations() -> None:

@@ -42,7 +42,8 @@ def test_environment_order(tmp_path: Path) -> None:
 
 
 def test_backend_dir_is_assembled(tmp_path: Path) -> None:
-    inst = _fake(tmp_path / "src" if (tmp_path / "src").mkdir() is None else tmp_path)
+    (tmp_path / "src").mkdir()
+    inst = _fake(tmp_path / "src")
     out = inst.assemble_backend_dir(tmp_path / "backends")
     names = sorted(p.name for p in (out / "python").iterdir())
     assert names == ["libtriton_python.so", "stub", "utils.py"]

@@ -57,6 +57,7 @@ def run_online(
     window_s: float,
     seed: int,
     initial_knobs: Knobs | None = None,
+    interference_at: Callable[[int], float] | None = None,
     stop: Callable[[Sequence[WindowRecord], Sequence[np.ndarray]], bool] | None = None,
 ) -> RunTrace:
     """Drive ``policy`` for up to ``windows`` windows; ``stop(records, latencies)`` (called after
@@ -78,6 +79,8 @@ def run_online(
             srv.set_arrival_rate(r)
             rate = r
         slo = slo_at(i)
+        if interference_at is not None:
+            srv.set_interference(interference_at(i))
         srv.advance_to((i + 1) * window_s)
         sample = srv.collect()
         w = sample.stats

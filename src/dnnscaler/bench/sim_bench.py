@@ -1,9 +1,10 @@
 """``dnnscaler bench sim``: every policy against the oracle on simulated GPUs, in virtual time.
 
 Per profile: an oracle sweep at the SLO (and at half the SLO, for the SLO-change scenario),
-then per policy a staircase run and two dynamic scenarios (SLO halved mid-run; load drops to
-30 % of oracle capacity and returns to 70 %). All runs of a profile share the arrival seed
-(common random numbers), so policies are compared on the same request stream.
+then per policy a staircase run and three dynamic scenarios (load drops from 70 % to 30 % of
+oracle capacity and returns; SLO halved mid-run; co-located work slows the GPU 1.5x
+mid-run). All runs of a profile share the arrival seed (common random numbers), so policies
+are compared on the same request stream.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SimBenchConfig:
     staircase: m.Staircase = field(default_factory=m.Staircase)
     phase_windows: int = 30
     warmup_windows: int = 20
+    interference: float = 1.5
     measure: MeasureSpec = field(default_factory=MeasureSpec)
 
     @classmethod
@@ -182,7 +184,23 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         rate=rate_slo,
         initial_knobs=knobs0,
     )
-    scen_windows = [*upto, *load[1].windows, *slo_run[1].windows]
+    rate_int = 0.5 * cap
+    int_run = _scenario(
+        profile,
+        fresh(),
+        name="interference",
+        rate_at=lambda i: rate_int,
+        slo_at=lambda i: slo,
+        windows=2 * p,
+        changes=(0, p),
+        window_s=win,
+        seed=_seed(cfg, profile, "interference"),
+        rate=rate_int,
+        initial_knobs=knobs0,
+        interference_at=lambda i: 1.0 if i < p else cfg.interference,
+    )
+    scen = [*load[1].windows, *slo_run[1].windows, *int_run[1].windows]
+    scen_windows = [*upto, *scen]
     rec = BenchRecord(
         model=profile.name,
         policy=name,
@@ -193,16 +211,17 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         oracle_knobs=oracles.full.knobs,
         ratio_to_oracle=online / cap if cap > 0 else None,
         violation_rate=m.violation_rate(scen_windows),
-        scenario_violation_rate=m.violation_rate([*load[1].windows, *slo_run[1].windows]),
+        scenario_violation_rate=m.violation_rate(scen),
         settle_windows=load[0].settle_windows[0],
         failed_requests=stair.failed_requests
         + load[1].failed_requests
-        + slo_run[1].failed_requests,
+        + slo_run[1].failed_requests
+        + int_run[1].failed_requests,
         knob_changes=stair.knob_changes,
         slo_ms=slo.latency_ms,
         percentile=slo.percentile,
         window_s=win,
-        scenarios=(load[0], slo_run[0]),
+        scenarios=(load[0], slo_run[0], int_run[0]),
     )
     return PolicyOutcome(rec, stair.windows)
 
@@ -220,6 +239,7 @@ def _scenario(
     seed: int,
     rate: float,
     initial_knobs: Knobs,
+    interference_at: Callable[[int], float] | None = None,
 ) -> tuple[ScenarioResult, RunTrace]:
     tr = run_online(
         profile,
@@ -231,6 +251,7 @@ def _scenario(
         window_s=window_s,
         seed=seed,
         initial_knobs=initial_knobs,
+        interference_at=interference_at,
     )
     bounds = [*changes, len(tr.windows)]
     settles = tuple(m.settle_windows(tr.windows[a:b]) for a, b in itertools.pairwise(bounds))

@@ -497,3 +497,92 @@ def cmd_triton(args: Any) -> int:
     )
     console.print(f"bench triton: {result.seconds:.0f} s; wrote {args.out / 'results.json'}")
     return 0
+
+
+async def converge(
+    url: str,
+    metrics_url: str | None,
+    setup_backend: Any,
+    model: str,
+    policy: str,
+    start_knobs: Knobs,
+    slo: Slo,
+    rate_rps: float,
+    windows: int,
+    window_s: float = 1.0,
+) -> tuple[Knobs, int]:
+    """Run ``policy`` through the real controller and agent at a fixed open-loop rate for
+    ``windows`` control windows; return the knobs in force at the end and the client errors."""
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.loadgen.generator import LoadGen
+
+    await apply_and_wait(setup_backend, model, start_knobs)
+    controller = Controller(
+        ControllerConfig(
+            listen="127.0.0.1:0",
+            report_interval_s=window_s,
+            default_policy=policy,
+            default_slo_ms=slo.latency_ms,
+            default_percentile=slo.percentile,
+            grace_s=0.5,
+        )
+    )
+    await controller.start()
+    backend = TritonBackend(url, metrics_url=metrics_url)
+    agent = Agent(AgentConfig(controller=controller.address, agent_id=f"converge-{model}"), backend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await agent.connected.wait()
+        async with LoadGen(url, model, rate_rps=rate_rps, seed=7, max_duration_s=600) as gen:
+            await asyncio.sleep(windows * window_s)
+            errors = gen.snapshot().errors
+        # Let an update sent in the last window land before reading the result.
+        await asyncio.sleep(2 * window_s)
+        knobs = (await _info(setup_backend, model)).knobs
+    finally:
+        agent.stop()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(task, 15)
+        await backend.close()
+        await controller.stop()
+    return knobs, errors
+
+
+async def side_by_side(
+    url: str,
+    backend: Any,
+    model: str,
+    a: Knobs,
+    b: Knobs,
+    slo: Slo,
+    start_rps: float,
+    step_frac: float = 0.075,
+    probe_s: float = 3.0,
+    max_steps: int = 16,
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """Capacities of configs ``a`` and ``b`` measured alternately on one rising rate ladder,
+    so both see the same rates and the same background noise. Each config's capacity is the
+    highest rate it passed before failing twice in a row."""
+    cfg = replace(TritonBenchConfig(), probe_s=probe_s, warm_s=1.0)
+    caps = {"a": 0.0, "b": 0.0}
+    fails = {"a": 0, "b": 0}
+    log_rows: list[dict[str, Any]] = []
+    for i in range(max_steps):
+        rate = start_rps * (1 + step_frac) ** i
+        for key, knobs in (("a", a), ("b", b)):
+            if fails[key] >= 2:
+                continue
+            await apply_and_wait(backend, model, knobs)
+            lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
+            ok = lat is not None and lat <= slo.latency_ms and errors == 0
+            log_rows.append(
+                {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "ok": ok}
+            )
+            if ok:
+                caps[key] = max(caps[key], rate)
+                fails[key] = 0
+            else:
+                fails[key] += 1
+        if fails["a"] >= 2 and fails["b"] >= 2:
+            break
+    return caps["a"], caps["b"], log_rows

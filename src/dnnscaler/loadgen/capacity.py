@@ -2,8 +2,8 @@
 
 Capacity (benchmark.md): the highest open-loop Poisson rate at which the p-th percentile
 client-side latency stays within the SLO over a measurement period. Found by doubling
-then bisecting the rate; a rate passes when the percentile is within the SLO, no request
-failed, and the server kept up (throughput at least 90 % of the offered rate).
+then bisecting the rate; a rate passes when the percentile is within the SLO and no request
+failed or was dropped.
 
 ``python -m dnnscaler.loadgen.capacity`` sweeps (batch, instances) for demo models on a
 local Triton and prints a table (used for docs/triton.md).
@@ -44,15 +44,12 @@ class Capacity:
     probes: list[RateProbe] = field(default_factory=list)
 
 
-def passes(w: LoadWindow, slo: Slo, rate_rps: float) -> bool:
+def passes(w: LoadWindow, slo: Slo) -> bool:
+    """Within the SLO with nothing failed or dropped. A server that cannot keep up builds a
+    queue that breaks the SLO well within a measurement period, so no throughput test (a
+    Poisson count over a few seconds is too noisy for one)."""
     lat = w.latency_at(slo.percentile)
-    return (
-        lat is not None
-        and lat <= slo.latency_ms
-        and w.errors == 0
-        and w.dropped == 0
-        and w.throughput_rps >= 0.9 * rate_rps
-    )
+    return lat is not None and lat <= slo.latency_ms and w.errors == 0 and w.dropped == 0
 
 
 async def probe_rate(
@@ -63,7 +60,7 @@ async def probe_rate(
     ) as gen:
         await asyncio.sleep(warmup_s)
         w = await gen.run_for(measure_s)
-    ok = passes(w, slo, rate_rps)
+    ok = passes(w, slo)
     return RateProbe(rate_rps, ok, w.latency_at(slo.percentile), w.throughput_rps, w.errors)
 
 
@@ -158,7 +155,7 @@ async def sweep(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=["wide_mlp", "serial_io", "resnet_small"])
-    p.add_argument("--slo-ms", nargs="+", type=float, default=[50.0, 50.0, 25.0])
+    p.add_argument("--slo-ms", nargs="+", type=float, default=[100.0, 50.0, 25.0])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--instances", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--measure-s", type=float, default=3.0)

@@ -33,7 +33,10 @@ from dnnscaler.policies.latency_surface import Surface
 
 MIN_TAIL_SAMPLES = 20
 MAX_LOG_RATIO = 0.4
-STEADY_TAIL_FACTOR = 1.5
+STEADY_TAIL_FACTOR = 3.0  # windows with a tail beyond this many SLOs are a backlog
+STEADY_GROWTH = 0.2  # or with the backlog growing by this share of the completions
+GUARD_FREE_MOVES = 2  # guard moves exempt from the back-off within backoff_memory_s
+MIN_EVIDENCE = 2.0  # full windows of compute statistics before the first planned move
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,23 @@ class DnnScalerState:
     tail_log_ratio: float = 0.0  # the same, over every config run (for unvisited ones)
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
+
+
+def fit_during_change(obs: Observation, target: Knobs) -> int:
+    """Instances that fit for ``target``, counting the memory a change under way holds.
+
+    While a change is pending, the GPU holds both configs for a reload (batch size or delay
+    changed: the new instances load before the old ones go) or the larger instance count
+    for an in-place change, so the memory reading includes our own pending instances.
+    """
+    cur = obs.knobs
+    if (cur.max_batch_size, cur.queue_delay_us) != (target.max_batch_size, target.queue_delay_us):
+        ours = cur.instances + target.instances
+    else:
+        ours = max(cur.instances, target.instances)
+    if cur == target:
+        ours = cur.instances
+    return instances_that_fit(obs.limits, ours, obs.instance_memory_mb, obs.gpu)
 
 
 def batch_grid(max_batch_size: int) -> tuple[int, ...]:
@@ -124,7 +144,7 @@ class DnnScalerPolicy:
                 over_windows=0,
                 recent_moves_s=(),
             )
-        target = self._legal(state.target, obs, n_fit)
+        target = self._legal(state.target, obs, fit_during_change(obs, state.target))
         if target != state.target:
             state = replace(state, target=target, changed_s=obs.now_s, in_force_s=None)
         if not self._in_force(obs.knobs, target):
@@ -170,6 +190,12 @@ class DnnScalerPolicy:
         best = max(state.plan, key=lambda p: p.capacity_rps)
         cur_cap = caps.get((target.max_batch_size, target.instances), 0.0)
         why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
+        in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
+        since = obs.now_s - in_force_s
+        if over and since < self.dwell_s * 2.0 ** (len(state.recent_moves_s) - GUARD_FREE_MOVES):
+            # Repeated guard moves back off too: a config that keeps breaking under a load
+            # near every config's capacity is better held than chased.
+            return self._hold(state, f"over the SLO, backing off ({why_tail})")
         if over:
             if best.capacity_rps < load:
                 # Nothing is predicted to hold this load with margin: take the config with
@@ -185,17 +211,19 @@ class DnnScalerPolicy:
                     0.0,
                 )
                 if raw.raw_capacity_rps > cur_raw * (1.0 + self.min_gain):
-                    return self._move(state, obs, raw, n_fit, f"overloaded ({why_tail}): ")
+                    return self._move(
+                        state, obs, raw, n_fit, f"overloaded ({why_tail}): ", overloaded=True
+                    )
                 return self._hold(state, f"overloaded at the best known config ({why_tail})")
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
             return self._hold(state, f"over the SLO at the best known config ({why_tail})")
-        in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
         # Each recent change doubles the dwell before the next planned one: exploration
         # is allowed, oscillation is not.
-        dwell = self.dwell_s * 2.0 ** len(state.recent_moves_s)
-        if obs.now_s - in_force_s < dwell:
+        if since < self.dwell_s * 2.0 ** len(state.recent_moves_s):
             return self._hold(state, f"dwelling ({why_tail})")
+        if sum(surface.bin_w) < MIN_EVIDENCE:
+            return self._hold(state, f"learning the latency surface ({why_tail})")
         if best.capacity_rps >= cur_cap * (1.0 + self.min_gain) and (
             best.max_batch_size,
             best.instances,
@@ -224,9 +252,10 @@ class DnnScalerPolicy:
         best: PlanEntry,
         n_fit: int,
         why: str,
+        overloaded: bool = False,
     ) -> Decision[DnnScalerState]:
         cur = state.target
-        step = self.max_instance_step
+        step = self.max_instance_step * (2 if overloaded else 1)
         n = min(max(best.instances, cur.instances - step), cur.instances + step)
         new = self._legal(Knobs(best.max_batch_size, n, 0), obs, n_fit)
         if new == cur:
@@ -285,8 +314,7 @@ class DnnScalerPolicy:
         if (
             w.completed < MIN_TAIL_SAMPLES
             or latency > STEADY_TAIL_FACTOR * obs.slo.latency_ms
-            or (w.queue_mean_ms is not None and w.queue_mean_ms > obs.slo.latency_ms)
-            or growing > 0.05 * w.completed
+            or growing > STEADY_GROWTH * w.completed
         ):
             return state
         surface = state.surface
@@ -334,7 +362,11 @@ class DnnScalerPolicy:
         )
         if key == state.plan_key:
             return state
-        peak = surface.peak_rps(curve, grid[-1])
+        # The overload fallback is optimistic all the way out: when nothing known holds the
+        # load, the unexplored instance counts are the best bet. The roofline prior uses it
+        # too, or a pessimistic guess would cap every config at what was seen so far.
+        bold = surface.curve(n_max, optimism_steps=n_max)
+        peak = surface.peak_rps(bold, grid[-1])
         slo_ms = obs.slo.latency_ms
         bound = self.tail_margin * slo_ms
         quantile = obs.slo.percentile / 100.0
@@ -349,7 +381,7 @@ class DnnScalerPolicy:
                     log_ratio = r.tail_log_ratio
                 scaled = bound / math.exp(log_ratio)
                 cap = capacity_rps(n, b, lat, surface.alpha, scaled, quantile, peak)
-                raw = capacity_rps(n, b, lat, surface.alpha, slo_ms, quantile, peak)
+                raw = capacity_rps(n, b, bold[n - 1], surface.alpha, slo_ms, quantile, peak)
                 if r is not None:
                     cap = max(cap, r.floor_rps)
                     if r.ceiling_rps > 0:

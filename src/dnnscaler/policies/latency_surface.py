@@ -82,7 +82,7 @@ class Surface:
     def known(self) -> bool:
         return sum(self.bin_w) > 0
 
-    def curve(self, n_max: int) -> tuple[float, ...]:
+    def curve(self, n_max: int, optimism_steps: int = OPTIMISM_STEPS) -> tuple[float, ...]:
         """Predicted ``L(m)`` for m = 1..n_max (empty evidence: all zeros)."""
         w = list(self.bin_w) + [0.0] * max(0, n_max - len(self.bin_w))
         s = list(self.bin_sum) + [0.0] * max(0, n_max - len(self.bin_sum))
@@ -119,7 +119,7 @@ class Surface:
         if m_hi >= 2 and w[m_hi - 2] >= TRUSTED_WEIGHT:
             gamma = math.log(out[m_hi - 1] / out[m_hi - 2]) / math.log(m_hi / (m_hi - 1))
             gamma = min(1.0, max(0.0, gamma))
-        reach = min(n_max, m_hi + OPTIMISM_STEPS)
+        reach = min(n_max, m_hi + optimism_steps)
         for m in range(m_hi + 1, reach + 1):
             out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
         return tuple(out)

@@ -116,6 +116,7 @@ class PaperState:
     base_compute_ms: float = 0.0
     gain_batching: float = 0.0
     gain_multi_tenancy: float = 0.0
+    probe_instances: int = 1
     search: pb.BinarySearch = field(default_factory=pb.BinarySearch)
     agg: Aggregate = field(default_factory=Aggregate)
     loop: mt.MtLoop = field(default_factory=mt.MtLoop)
@@ -142,11 +143,12 @@ class PaperPolicy:
 
     # -- profiler -------------------------------------------------------------------------
 
-    def _probe_knobs(self, obs: Observation, phase: Phase) -> Knobs:
+    def _probe_knobs(self, obs: Observation, state: PaperState) -> Knobs:
+        phase = state.phase
         if phase is Phase.PROBE_BATCH:
             return Knobs(max_batch_size=min(PROBE_SIZE, obs.limits.max_batch_size))
         if phase is Phase.PROBE_MT:
-            return Knobs(instances=max(1, state_probe_instances))
+            return Knobs(instances=max(1, state.probe_instances))
         return Knobs()
 
     def _top_instances(self, obs: Observation) -> int:
@@ -154,7 +156,7 @@ class PaperPolicy:
         return max(1, min(MAX_INSTANCES, fit, obs.limits.max_instances))
 
     def _profile(self, obs: Observation, state: PaperState) -> Decision[PaperState]:
-        knobs = self._probe_knobs(obs, state.phase)
+        knobs = self._probe_knobs(obs, state)
         why = f"profiling {state.phase.value}"
         in_force = (
             obs.knobs.max_batch_size == knobs.max_batch_size
@@ -181,7 +183,7 @@ class PaperPolicy:
                 base_probe=replace(probe, started_s=None),
                 base_compute_ms=probe.compute_at(1.0),
             )
-            return Decision(self._probe_knobs(obs, nxt.phase), nxt, Approach.UNDECIDED, why)
+            return Decision(self._probe_knobs(obs, nxt), nxt, Approach.UNDECIDED, why)
         c1 = state.base_compute_ms
         if state.phase is Phase.PROBE_BATCH:
             # Both probes ran one instance: fit the batching law on both.
@@ -189,8 +191,13 @@ class PaperPolicy:
             b = knobs.max_batch_size
             cb = fit.compute_at(float(b))
             gain = b * c1 / cb if c1 > 0 and 0 < cb <= slo else 0.0
-            nxt = replace(state, phase=Phase.PROBE_MT, probe=Probe(), gain_batching=gain)
-            return Decision(self._probe_knobs(obs, nxt.phase), nxt, Approach.UNDECIDED, why)
+            # The multi-tenancy probe's size is fixed now: memory readings move while a
+            # reload holds two configs, and a moving target would never come into force.
+            top = min(PROBE_SIZE, self._top_instances(obs))
+            nxt = replace(
+                state, phase=Phase.PROBE_MT, probe=Probe(), gain_batching=gain, probe_instances=top
+            )
+            return Decision(self._probe_knobs(obs, nxt), nxt, Approach.UNDECIDED, why)
         # Multi-tenancy probe: the mean compute time was measured at the busy count the
         # batches saw (light load keeps it below n); matrix completion extends it to n.
         k = knobs.instances

@@ -101,7 +101,7 @@ class SimServer:
         self._w_b: list[int] = []
         self._busy_since = now_s
         self._busy_time = 0.0
-        self._w_lat_ms = np.empty(0)
+        self._last_util = 0.0
 
     # ---------------------------------------------------------------- public controls
     @property
@@ -395,13 +395,15 @@ class SimServer:
         n = self._knobs.instances
         if self._pending is not None:
             n = n + self._pending.instances if self._reloading else max(n, self._pending.instances)
-        return n * mem
+        total = self.profile.gpu_memory_mb
+        return n * mem if total is None else min(total, n * mem)
 
     def gpu_telemetry(self) -> GpuTelemetry:
         """Utilization = share of the last window with at least one batch running (like NVML's
-        "time a kernel was executing"); memory = instances x instance_memory_mb."""
+        "time a kernel was executing"); memory = instances x instance_memory_mb (both configs
+        while a reload is under way, capped at the GPU's memory)."""
         return GpuTelemetry(
-            utilization_pct=getattr(self, "_last_util", 0.0),
+            utilization_pct=self._last_util,
             memory_used_mb=self.memory_used_mb(),
             memory_total_mb=self.profile.gpu_memory_mb,
             power_w=None,

@@ -1,0 +1,89 @@
+"""On a real local Triton, the controller (default policy) converges on each demo model to
+knobs whose capacity under the SLO is at least 0.9 x the best config of a reduced oracle
+grid, measured side by side in the same run; and no request fails meanwhile."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from dnnscaler.bench import metrics as m
+from dnnscaler.bench.triton_bench import (
+    TritonBenchConfig,
+    apply_and_wait,
+    converge,
+    oracle_sweep,
+    side_by_side,
+)
+from dnnscaler.core.types import Slo
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.triton,
+    pytest.mark.timeout(900),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+MODELS = ("wide_mlp", "serial_io", "resnet_small")
+SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def triton():
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.triton.demo_models import write_repository
+    from dnnscaler.triton.launcher import LocalTriton
+
+    with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
+        repo = Path(tmp) / "models"
+        write_repository(repo, list(MODELS))
+        async with LocalTriton(repo, list(MODELS), workdir=Path(tmp) / "t") as t:
+            setup = TritonBackend(t.grpc_url, metrics_url=t.metrics_url)
+            await setup.start()
+            yield t, setup
+            await setup.close()
+
+
+CFG = replace(
+    TritonBenchConfig(),
+    batch_grid=(1, 8),
+    instance_grid=(1, 2, 4),
+    probe_s=2.5,
+    warm_s=0.5,
+    bisect_iters=4,
+    staircase=m.Staircase(min_half_requests=0),
+)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_converges_near_oracle(triton, model: str) -> None:
+    t, setup = triton
+    slo = Slo(latency_ms=SLO_MS[model], percentile=99.0)
+    start = next(i for i in await setup.list_models() if i.name == model).knobs
+    sweep = await oracle_sweep(t.grpc_url, setup, model, slo, CFG)
+    best = max(sweep, key=lambda c: c.capacity_rps)
+    assert best.capacity_rps > 0
+    knobs, errors = await converge(
+        t.grpc_url,
+        t.metrics_url,
+        setup,
+        model,
+        "dnnscaler",
+        start,
+        slo,
+        rate_rps=0.6 * best.capacity_rps,
+        windows=30,
+    )
+    assert errors == 0
+    # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
+    ours, theirs, ladder = await side_by_side(
+        t.grpc_url, setup, model, knobs, best.knobs, slo, start_rps=0.5 * best.capacity_rps
+    )
+    await apply_and_wait(setup, model, start)
+    ratio = ours / theirs if theirs > 0 else 0.0
+    print(f"{model}: converged {knobs} {ours:.1f} rps vs oracle {best.knobs} {theirs:.1f} rps")
+    assert ratio >= 0.9, (knobs, best.knobs, ladder)
