@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, Registry
 from dnnscaler.core.convert import (
@@ -25,7 +26,7 @@ from dnnscaler.core.convert import (
     window_from_pb,
 )
 from dnnscaler.core.logging import get_logger
-from dnnscaler.core.types import InvalidValue
+from dnnscaler.core.types import InvalidValue, WindowStats
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc
 
 log = get_logger(__name__)
@@ -34,10 +35,15 @@ _CLOSE = object()
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, registry: Registry, controller_id: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        controller_id: str | None = None,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
         self.registry = registry
+        self.metrics = metrics or ControllerMetrics()
         self.controller_id = controller_id or f"controller-{uuid.uuid4().hex[:8]}"
-        self.decision_latency_s: list[float] = []  # recent report->decision latencies
 
     # -- stream ------------------------------------------------------------------------
     async def Connect(
@@ -105,6 +111,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 elif kind == "hello":
                     log.warning("duplicate_hello_ignored", agent=record.agent_id)
             except Exception:
+                self.metrics.bad_messages.inc()
                 log.exception("bad_agent_message", agent=record.agent_id)
 
     # -- handlers ----------------------------------------------------------------------
@@ -175,6 +182,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 continue
             settings = self.registry.settings_for(name)
             update = loop.decide(t0, window, settings.slo, rec.telemetry, self.registry.config)
+            self._export(rec.agent_id, loop, window, settings.slo.percentile)
             if update is not None:
                 log.info(
                     "knob_update",
@@ -187,6 +195,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     approach=loop.approach.value,
                     reason=loop.last_reason,
                 )
+                self.metrics.knob_updates.labels(model=name).inc()
                 rec.outbox.put_nowait(
                     agent_pb2.ControllerMessage(
                         knob_update=agent_pb2.KnobUpdate(
@@ -207,10 +216,21 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if report.backend_available
                 else f"backend unavailable: {report.backend_message}"
             )
-        lat = time.monotonic() - t0
-        self.decision_latency_s.append(lat)
-        if len(self.decision_latency_s) > 10_000:
-            del self.decision_latency_s[:5_000]
+        self.metrics.reports.inc()
+        self.metrics.decision_seconds.observe(time.monotonic() - t0)
+
+    def _export(self, agent_id: str, loop: ModelLoop, window: WindowStats, pct: float) -> None:
+        m = self.metrics
+        for knob, v in (
+            ("max_batch_size", loop.knobs.max_batch_size),
+            ("instances", loop.knobs.instances),
+            ("queue_delay_us", loop.knobs.queue_delay_us),
+        ):
+            m.knobs.labels(agent=agent_id, model=loop.model, knob=knob).set(v)
+        lat = window.latency_at(pct)
+        if lat is not None:
+            m.latency_ms.labels(agent=agent_id, model=loop.model).set(lat)
+        m.throughput.labels(agent=agent_id, model=loop.model).set(window.throughput_rps)
 
     def _on_apply_result(self, rec: AgentRecord, res: agent_pb2.ApplyResult) -> None:
         loop = rec.models.get(res.model)
@@ -238,4 +258,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 log.warning(
                     "agent_dropped_stale", agent=aid, silent_s=round(now - rec.last_seen_s, 1)
                 )
+        states = [a.connected for a in self.registry.agents.values()]
+        self.metrics.agents.labels(state="connected").set(sum(states))
+        self.metrics.agents.labels(state="disconnected").set(len(states) - sum(states))
         return dropped

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--default-slo-ms", type=float, default=d["default_slo_ms"].default)
     p.add_argument("--default-percentile", type=float, default=d["default_percentile"].default)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    p.add_argument("--metrics-addr", default="127.0.0.1")
     p.set_defaults(func=run)
 
 
@@ -37,6 +39,8 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         default_policy=args.policy,
         default_slo_ms=args.default_slo_ms,
         default_percentile=args.default_percentile,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
     )
 
 

@@ -21,6 +21,9 @@ class ControllerConfig:
     default_slo_ms: float = 100.0
     default_percentile: float = 99.0
     grace_s: float = 2.0
+    # Prometheus metrics on this port (0: off), bound to metrics_addr.
+    metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         for name in ("report_interval_s", "stale_after_s", "apply_timeout_s"):
@@ -29,6 +32,8 @@ class ControllerConfig:
                 raise InvalidValue(name, f"must be > 0, got {v}")
         if self.stale_after_s <= self.report_interval_s:
             raise InvalidValue("stale_after_s", "must be larger than report_interval_s")
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidValue("metrics_port", f"must be in 0..65535, got {self.metrics_port}")
         if self.grace_s < 0:
             raise InvalidValue("grace_s", "must be >= 0")
         Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)

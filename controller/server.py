@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from dnnscaler.controller.admin_service import AdminService
 from dnnscaler.controller.agent_service import AgentService
 from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.registry import Registry
 from dnnscaler.core.logging import get_logger
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
@@ -50,7 +51,8 @@ class Controller:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.registry = Registry(config)
-        self.agent_service = AgentService(self.registry)
+        self.metrics = ControllerMetrics()
+        self.agent_service = AgentService(self.registry, metrics=self.metrics)
         self.admin_service = AdminService(self.registry)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -77,6 +79,8 @@ class Controller:
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port, self.config.metrics_addr)
         self._reaper = asyncio.create_task(self._reap_forever())
         log.info(
             "controller_started",

@@ -159,6 +159,7 @@ class TritonBackend:
         self._trace: TraceReader | None = None
         self._trace_log_frequency: int | None = None
         self._started_s: float | None = None
+        self._was_down = False
         self._log = log.bind(backend="triton", url=grpc_url)
 
     # -- connection --------------------------------------------------------------------
@@ -211,6 +212,7 @@ class TritonBackend:
         raise AssertionError("unreachable")
 
     async def _setup_tracing(self) -> None:
+        """Find the server's trace files (auto) and start reading from what comes next."""
         if self._trace_arg is None:
             return
         path: Path | None
@@ -230,6 +232,8 @@ class TritonBackend:
                 self._trace_log_frequency = int(freq[0]) if freq[0] else 0
         else:
             path = Path(self._trace_arg)
+        if self._trace is not None and path == self._trace.prefix:
+            return
         if path is None or not path.parent.is_dir():
             self._log.warning("triton_backend.no_trace_file", hint="percentiles unavailable")
             return
@@ -379,7 +383,14 @@ class TritonBackend:
 
     # -- observation -------------------------------------------------------------------
     async def observe(self) -> list[ModelWindow]:
-        infos = {i.name: i for i in await self.list_models()}
+        try:
+            if self._was_down:  # the server may have been restarted with new trace settings
+                await self._setup_tracing()
+                self._was_down = False
+            infos = {i.name: i for i in await self.list_models()}
+        except BackendUnavailable:
+            self._was_down = True
+            raise
         now_ns = time.monotonic_ns()
         # Parsing can take tens of ms at high rates: keep it off the event loop.
         traced = await asyncio.to_thread(self._trace.poll) if self._trace is not None else []

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +96,39 @@ async def test_backend_start_without_server() -> None:
     with pytest.raises(BackendUnavailable):
         await backend.start()
     await backend.close()
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dnnscaler.cli",
+            "triton-local",
+            "--demo",
+            "--models",
+            "echo",
+            "--demo-dir",
+            str(tmp_path / "repo"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        client = grpcclient.InferenceServerClient(info["grpc_url"])
+        assert client.is_model_ready("echo")
+        client.close()
+        prefix_procs = [p for p in _procs_with(str(tmp_path / "w")) if p != proc.pid]
+        assert prefix_procs, "tritonserver should run from the given workdir"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _procs_with(str(tmp_path / "w")) == []

@@ -84,3 +84,12 @@ def test_parse_pending_metric() -> None:
         'nv_inference_count{model="a",version="1"} 99\n'
     )
     assert parse_pending(text) == {"a": 4, "b": 0}
+
+
+def test_reader_follows_a_server_restart(tmp_path: Path) -> None:
+    reader = TraceReader(tmp_path / "t")
+    for i in range(3):
+        (tmp_path / f"t.{i}").write_text(json.dumps(_trace(i, "a", 0, 1_000_000)))
+    assert len(reader.poll()) == 3
+    (tmp_path / "t.0").write_text(json.dumps(_trace(9, "a", 0, 7_000_000)))  # restarted
+    assert [r.latency_ms for r in reader.poll()] == [pytest.approx(7.0)]

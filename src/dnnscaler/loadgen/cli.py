@@ -75,11 +75,16 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tritonclient.utils import InferenceServerException
+
     try:
         result = asyncio.run(_drive(args))
     except ValueError as exc:
         print(f"dnnscaler loadgen: {exc}", file=sys.stderr)
         return 2
+    except InferenceServerException as exc:
+        print(f"dnnscaler loadgen: {args.url}: {exc}", file=sys.stderr)
+        return 1
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(result, indent=1))
     return 0 if result["summary"]["errors"] == 0 else 1

@@ -35,7 +35,6 @@ MIN_TAIL_SAMPLES = 20
 MAX_LOG_RATIO = 0.4
 STEADY_TAIL_FACTOR = 3.0  # windows with a tail beyond this many SLOs are a backlog
 STEADY_GROWTH = 0.2  # or with the backlog growing by this share of the completions
-GUARD_FREE_MOVES = 2  # guard moves exempt from the back-off within backoff_memory_s
 MIN_EVIDENCE = 2.0  # full windows of compute statistics before the first planned move
 
 
@@ -73,7 +72,7 @@ class DnnScalerState:
     plan_key: str = ""
     plan: tuple[PlanEntry, ...] = ()
     over_windows: int = 0
-    tail_log_ratio: float = 0.0  # the same, over every config run (for unvisited ones)
+    tail_log_ratio: float = 0.0  # the same, over every config run (for the status display)
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
 
@@ -192,10 +191,6 @@ class DnnScalerPolicy:
         why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
         in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
         since = obs.now_s - in_force_s
-        if over and since < self.dwell_s * 2.0 ** (len(state.recent_moves_s) - GUARD_FREE_MOVES):
-            # Repeated guard moves back off too: a config that keeps breaking under a load
-            # near every config's capacity is better held than chased.
-            return self._hold(state, f"over the SLO, backing off ({why_tail})")
         if over:
             if best.capacity_rps < load:
                 # Nothing is predicted to hold this load with margin: take the config with
@@ -374,9 +369,18 @@ class DnnScalerPolicy:
         plan = []
         for n in range(1, n_max + 1):
             lat = curve[n - 1]
+            # Calibration transfers between batch sizes at the same instance count only:
+            # contention, not batching, is what the queueing model gets wrong.
+            same_n = [r for r in state.records if r.instances == n and r.tail_weight > 0]
+            weight_n = sum(r.tail_weight for r in same_n)
+            log_ratio_n = (
+                sum(r.tail_weight * r.tail_log_ratio for r in same_n) / weight_n
+                if weight_n > 0
+                else 0.0
+            )
             for b in grid:
                 r = recs.get((b, n))
-                log_ratio = state.tail_log_ratio
+                log_ratio = log_ratio_n
                 if r is not None and r.tail_weight >= 1.0:
                     log_ratio = r.tail_log_ratio
                 scaled = bound / math.exp(log_ratio)

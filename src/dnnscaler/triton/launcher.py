@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -61,6 +63,20 @@ def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the thread that spawned us exits.
+
+    A test runner or script killed without cleanup then does not leave an orphan server
+    (and its stubs and shared memory) behind: Triton shuts down on SIGTERM by itself.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class LocalTriton:
@@ -152,22 +168,56 @@ class LocalTriton:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> LocalTriton:
         """Start the server and wait until it and the requested models are ready."""
-        if self._proc is not None:
-            raise RuntimeError("already started")
-        install = self._install or find_triton()
-        attempts = 1 if all(p is not None for p in self._want_ports) else 3
-        for attempt in range(1, attempts + 1):
+        install = self._prepare()
+        for attempt in range(1, self._attempts() + 1):
             try:
-                self._start_once(install)
+                self._spawn(install)
+                self._wait_ready_or_stop()
                 return self
             except TritonStartError as exc:
-                bind_clash = "address already in use" in str(exc).lower()
-                if not bind_clash or attempt == attempts:
+                if not self._retry(exc, attempt):
                     raise
-                log.warning("triton.port_clash_retry", attempt=attempt)
         raise AssertionError("unreachable")
 
-    def _start_once(self, install: TritonInstall) -> None:
+    async def start_async(self) -> LocalTriton:
+        """``start`` for event loops: spawns in the loop's thread, waits off the loop."""
+        install = self._prepare()
+        for attempt in range(1, self._attempts() + 1):
+            try:
+                self._spawn(install)
+                await asyncio.to_thread(self._wait_ready_or_stop)
+                return self
+            except TritonStartError as exc:
+                if not self._retry(exc, attempt):
+                    raise
+            except BaseException:  # cancelled while waiting: leave nothing behind
+                await asyncio.to_thread(self.stop)
+                raise
+        raise AssertionError("unreachable")
+
+    def _prepare(self) -> TritonInstall:
+        if self._proc is not None:
+            raise RuntimeError("already started")
+        return self._install or find_triton()
+
+    def _attempts(self) -> int:
+        return 1 if all(p is not None for p in self._want_ports) else 3
+
+    def _retry(self, exc: TritonStartError, attempt: int) -> bool:
+        """Retry only a port clash on ports we picked ourselves."""
+        if "address already in use" not in str(exc).lower() or attempt >= self._attempts():
+            return False
+        log.warning("triton.port_clash_retry", attempt=attempt)
+        return True
+
+    def _wait_ready_or_stop(self) -> None:
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, install: TritonInstall) -> None:
         g, h, m = self._want_ports
         self.ports = Ports(g or free_port(), h or free_port(), m or free_port())
         if self._workdir_arg is not None:
@@ -214,6 +264,7 @@ class LocalTriton:
             env=install.environment(),
             cwd=self.workdir,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._pgid = self._proc.pid
         log.info(
@@ -224,11 +275,6 @@ class LocalTriton:
             models=self.models,
             log=str(self.log_path),
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -327,7 +373,7 @@ class LocalTriton:
         self.stop()
 
     async def __aenter__(self) -> LocalTriton:
-        await asyncio.to_thread(self.start)
+        await self.start_async()
         return self
 
     async def __aexit__(

@@ -97,9 +97,15 @@ class TraceReader:
         found = []
         for path in names:
             m = self._pattern.match(path.name)
-            if m and int(m.group(1)) >= self._next_index:
+            if m:
                 found.append((int(m.group(1)), path))
-        return sorted(found)
+        # Consumed files are deleted, so a lower index than expected means the server
+        # restarted and numbers its files from 0 again.
+        if self.delete and any(index < self._next_index for index, _ in found):
+            log.info("trace.index_restart", prefix=str(self.prefix))
+            self._next_index = 0
+            self._failed_once.clear()
+        return sorted(f for f in found if f[0] >= self._next_index)
 
     def discard_existing(self) -> None:
         """Drop files written before we started reading (their requests are not ours)."""

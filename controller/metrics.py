@@ -1,0 +1,53 @@
+"""Prometheus metrics of the controller (served on ``--metrics-port`` when set).
+
+Each controller owns its own registry so that several controllers in one process (tests)
+do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reports = Counter(
+            "dnnscaler_reports", "Agent reports processed", registry=self.registry
+        )
+        self.bad_messages = Counter(
+            "dnnscaler_bad_agent_messages",
+            "Agent messages logged and skipped",
+            registry=self.registry,
+        )
+        self.knob_updates = Counter(
+            "dnnscaler_knob_updates", "Knob updates sent", ["model"], registry=self.registry
+        )
+        self.decision_seconds = Histogram(
+            "dnnscaler_report_decision_seconds",
+            "Time from a report's arrival to the decisions for all its models",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.agents = Gauge("dnnscaler_agents", "Agents known", ["state"], registry=self.registry)
+        self.knobs = Gauge(
+            "dnnscaler_model_knob",
+            "Knobs in force",
+            ["agent", "model", "knob"],
+            registry=self.registry,
+        )
+        self.latency_ms = Gauge(
+            "dnnscaler_model_latency_ms",
+            "Latest window's latency at the SLO percentile",
+            ["agent", "model"],
+            registry=self.registry,
+        )
+        self.throughput = Gauge(
+            "dnnscaler_model_throughput_rps",
+            "Latest window's throughput",
+            ["agent", "model"],
+            registry=self.registry,
+        )
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
