@@ -15,7 +15,7 @@ from dnnscaler.bench.oracle import MeasureSpec, batch_grid, config_capacity, ora
 from dnnscaler.core.types import Knobs
 from dnnscaler.sim.profile import Profile
 
-TWO = "imagenet/Inc-V1,synthetic/memory-bound"
+TWO = "imagenet/Mob-V1-025,synthetic/memory-bound"
 
 
 def _run(argv: list[str]) -> int:
@@ -170,3 +170,15 @@ def test_online_capacity_stops_after_two_failures() -> None:
     ]
     steps += [m.StepResult(55, 1.0, False), m.StepResult(60, 1.0, True)]
     assert m.online_capacity(steps) == (45, 3)
+
+
+def test_low_staircase_gives_weak_policies_a_finite_capacity(
+    quick_results: tuple[dict, Path],
+) -> None:
+    doc, _ = quick_results
+    # One instance at the model's max batch cannot carry 30 % of a multi-tenancy-friendly
+    # model's oracle capacity: it is measured on the low staircase instead of scoring 0.
+    low = {(r["model"], r["policy"]): r for r in doc["records"] if r["low_staircase"]}
+    r = low[("imagenet/Mob-V1-025", "aimd")]
+    assert 0 < r["online_capacity_rps"] < 0.3 * r["oracle_capacity_rps"]
+    assert all(r["online_capacity_rps"] > 0 for r in low.values())

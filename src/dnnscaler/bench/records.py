@@ -42,7 +42,8 @@ class BenchRecord:
     ratio_to_aimd: float | None = None
     ratio_to_paper: float | None = None
     ratio_to_oracle_run: float | None = None  # vs the oracle's knobs on the same staircase
-    scenario_violation_rate: float | None = None  # the dynamic scenarios only (loads <= 70 %)
+    scenario_violation_rate: float | None = None  # the dynamic scenarios only (loads <= 75 %)
+    low_staircase: bool = False  # capacity measured on the staircase starting at 5 %
     scenarios: tuple[ScenarioResult, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:

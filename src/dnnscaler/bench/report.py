@@ -66,12 +66,14 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
         t.add_column(
             col, justify="left" if col in ("policy", "approach", "final knobs") else "right"
         )
+    if any(r.low_staircase for r in rs):
+        t.caption = "* capacity from the low staircase (starting at 5 % of the oracle's capacity)"
     for r in rs:
         t.add_row(
             r.policy,
             r.approach,
             fmt_knobs(r.final_knobs),
-            f"{r.online_capacity_rps:.1f}",
+            f"{r.online_capacity_rps:.1f}{'*' if r.low_staircase else ''}",
             _ratio(r.ratio_to_oracle),
             _ratio(r.ratio_to_oracle_run),
             _ratio(r.ratio_to_aimd),
@@ -135,7 +137,8 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
     for r in records:
         rows.append(
             f"| {r.model} | p{r.percentile:g} {r.slo_ms:.1f} ms | {r.policy} | {r.approach} "
-            f"| {fmt_knobs(r.final_knobs)} | {r.online_capacity_rps:.1f} "
+            f"| {fmt_knobs(r.final_knobs)} | {r.online_capacity_rps:.1f}"
+            f"{'*' if r.low_staircase else ''} "
             f"| {_ratio(r.ratio_to_oracle)} | {_ratio(r.ratio_to_oracle_run)} "
             f"| {_ratio(r.ratio_to_aimd)} | {_ratio(r.ratio_to_paper)} | {_viol(r)} | {_settle(r)} "
             f"| {r.knob_changes} | {r.failed_requests} |"
@@ -144,7 +147,8 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
     cols = list(summ[0]) if summ else []
     s_head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     s_rows = ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in summ]
-    return head + "\n".join(rows) + "\n\n" + s_head + "\n".join(s_rows) + "\n"
+    note = "\n\n\\* capacity from the low staircase (starting at 5 % of the oracle's capacity).\n"
+    return head + "\n".join(rows) + note + "\n" + s_head + "\n".join(s_rows) + "\n"
 
 
 def _cell(v: Any) -> str:
@@ -180,8 +184,8 @@ def write_report(
     timeseries: Mapping[tuple[str, str], Sequence[WindowRecord]] | None = None,
     console: Console | None = None,
 ) -> Path:
-    """Print the tables; write ``results.json``, ``tables.md``, ``capacity.png`` and
-    ``timeseries_<model>_<policy>.png``."""
+    """Print the tables; write ``results.json``, ``tables.md``, ``capacity.png``,
+    ``timeseries_<model>_<policy>.png`` and their data in ``timeseries.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     con = console or Console(width=max(Console().width, 150))
     for model in dict.fromkeys(r.model for r in records):
@@ -199,10 +203,28 @@ def write_report(
     (out_dir / "tables.md").write_text(markdown_tables(records))
     if records:
         plot_capacity(records, out_dir / "capacity.png")
+    series: dict[str, list[dict[str, Any]]] = {}
     for (model, policy), ws in (timeseries or {}).items():
         safe = model.replace("/", "_")
         plot_timeseries(model, policy, ws, out_dir / f"timeseries_{safe}_{policy}.png")
+        series[f"{model}|{policy}"] = [_window_json(w) for w in ws]
+    if series:
+        (out_dir / "timeseries.json").write_text(json.dumps(_clean(series)) + "\n")
     return path
+
+
+def _window_json(w: WindowRecord) -> dict[str, Any]:
+    return {
+        "t_s": round(w.t_s, 3),
+        "rate_rps": round(w.rate_rps, 3),
+        "throughput_rps": round(w.throughput_rps, 3),
+        "latency_ms": None if w.latency_ms is None else round(w.latency_ms, 3),
+        "slo_ms": w.slo_ms,
+        "max_batch_size": w.knobs.max_batch_size,
+        "instances": w.knobs.instances,
+        "queue_delay_us": w.knobs.queue_delay_us,
+        "approach": w.approach,
+    }
 
 
 def plot_capacity(records: Sequence[BenchRecord], path: Path) -> None:
@@ -214,7 +236,7 @@ def plot_capacity(records: Sequence[BenchRecord], path: Path) -> None:
 
     models = list(dict.fromkeys(r.model for r in records))
     pols = list(dict.fromkeys(r.policy for r in records))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.7 * len(models) * max(1, len(pols)) / 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.14 * len(models) * len(pols))), 6.0))
     width = 0.8 / max(1, len(pols))
     for j, pol in enumerate(pols):
         ys = []
@@ -252,6 +274,7 @@ def plot_timeseries(model: str, policy: str, ws: Sequence[WindowRecord], path: P
     axs[1].legend(fontsize=7)
     axs[2].step(t, [w.knobs.max_batch_size for w in ws], where="post", label="max batch")
     axs[2].step(t, [w.knobs.instances for w in ws], where="post", label="instances")
+    axs[2].set_yscale("log", base=2)
     axs[2].set_ylabel("knobs")
     axs[2].set_xlabel("virtual time s")
     axs[2].legend(fontsize=7)

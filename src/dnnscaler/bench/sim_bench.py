@@ -119,19 +119,27 @@ def _final(windows: Sequence[WindowRecord]) -> tuple[Knobs, str]:
     return w.knobs, w.approach
 
 
-def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfig) -> PolicyOutcome:
-    """Staircase plus the two dynamic scenarios for one policy on one profile."""
+@dataclass(frozen=True)
+class StaircaseRun:
+    trace: RunTrace
+    staircase: m.Staircase
+    online_rps: float
+    passed_windows: tuple[WindowRecord, ...]  # warm-up excluded, up to the highest passed step
+
+
+def run_staircase(
+    profile: Profile,
+    name: str,
+    oracles: Oracles,
+    cfg: SimBenchConfig,
+    st: m.Staircase,
+    seed_tag: str,
+) -> StaircaseRun:
+    """One staircase run of a fresh policy: ramp up to the first step, then climb."""
     slo = cfg.slo_for(profile)
-    half_slo = Slo(slo.latency_ms / 2, slo.percentile)
     win = cfg.window_for(profile)
     cap = oracles.full.capacity_rps
-    st = cfg.staircase.for_rate(cap, win)
-
-    def fresh() -> Policy[Any]:
-        return make_bench_policy(name, profile, oracles.full)
-
     warm = cfg.warmup_windows
-    knobs0 = initial_knobs(name, profile, oracles.full)
 
     def stop(ws: Sequence[WindowRecord], lats: Sequence[Any]) -> bool:
         if len(ws) <= warm or (len(ws) - warm) % st.step_windows:
@@ -140,19 +148,45 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
 
     stair = run_online(
         profile,
-        fresh(),
+        make_bench_policy(name, profile, oracles.full),
         label=name,
         rate_at=lambda i: st.rate(cap, i - warm) if i >= warm else _ramp(i, warm, st, cap),
         slo_at=lambda i: slo,
         windows=warm + st.max_steps * st.step_windows,
         window_s=win,
-        seed=_seed(cfg, profile, "staircase"),
-        initial_knobs=knobs0,
+        seed=_seed(cfg, profile, seed_tag),
+        initial_knobs=initial_knobs(name, profile, oracles.full),
         stop=stop,
     )
     steps = m.step_results(st, stair.windows[warm:], stair.latencies_ms[warm:], slo.percentile)
     online, best_j = m.online_capacity(steps)
     upto = stair.windows[warm : warm + (best_j + 1) * st.step_windows] if best_j >= 0 else ()
+    return StaircaseRun(stair, st, online, tuple(upto))
+
+
+def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfig) -> PolicyOutcome:
+    """Staircase plus the dynamic scenarios for one policy on one profile.
+
+    A policy that passes no step of the staircase (it cannot carry 30 % of the oracle's
+    capacity) is measured again on a low staircase starting at one step (5 %), so that its
+    capacity, and the ratios to it, stay finite; ``low_staircase`` flags it.
+    """
+    slo = cfg.slo_for(profile)
+    half_slo = Slo(slo.latency_ms / 2, slo.percentile)
+    win = cfg.window_for(profile)
+    cap = oracles.full.capacity_rps
+
+    def fresh() -> Policy[Any]:
+        return make_bench_policy(name, profile, oracles.full)
+
+    knobs0 = initial_knobs(name, profile, oracles.full)
+    main = run_staircase(profile, name, oracles, cfg, cfg.staircase.for_rate(cap, win), "staircase")
+    run, low_stair = main, False
+    if main.online_rps <= 0 and cfg.staircase.start_frac > cfg.staircase.step_frac:
+        st_low = replace(cfg.staircase, start_frac=cfg.staircase.step_frac).for_rate(cap, win)
+        run = run_staircase(profile, name, oracles, cfg, st_low, "staircase-low")
+        low_stair = True
+    stair, online, upto = run.trace, run.online_rps, run.passed_windows
     final_knobs, approach = _final(upto or stair.windows)
 
     p = cfg.phase_windows
@@ -222,6 +256,7 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         percentile=slo.percentile,
         window_s=win,
         scenarios=(load[0], slo_run[0], int_run[0]),
+        low_staircase=low_stair,
     )
     return PolicyOutcome(rec, stair.windows)
 

@@ -24,6 +24,7 @@ import math
 
 WAIT_TAIL = 0.1  # residual-wait quantile used with the batch-size tail
 SERVICE_CV2 = 0.01  # squared coefficient of variation of compute times (~5 % jitter)
+BISECTION_STEPS = 11  # capacity to 0.05 % of the saturation rate
 _Z = ((0.9, 1.28), (0.95, 1.64), (0.99, 2.33), (0.999, 3.09))
 
 
@@ -75,15 +76,14 @@ def predicted_tail_ms(
         return single
     if peak > 0 and lam >= 0.999 * peak:
         return single
-    # Smallest fixed point of B = lam c(B) / n, iterated upward from 1.
-    b = 1.0
-    for _ in range(30):
-        nb = lam * _compute(b, n, lat_ms, alpha, peak) / n
-        if nb <= b + 1e-3:
-            break
-        b = nb
-        if b >= max_batch:
-            return single
+    # Smallest fixed point of B = lam c(B) / n. Below the roofline (lam < peak) it lies where
+    # the affine law holds, so it has a closed form.
+    denom = n - lam * lat_ms * alpha
+    if denom <= 0:
+        return single
+    b = lam * lat_ms * (1.0 - alpha) / denom
+    if b >= max_batch:
+        return single
     b = max(1.0, b)
     c = _compute(b, n, lat_ms, alpha, peak)
     db = max(1e-3, 0.02 * b)
@@ -127,7 +127,7 @@ def capacity_rps(
     sat = 1000.0 * n * max_batch / _compute(float(max_batch), n, lat_ms, alpha, peak)
     sat = max(sat, 1000.0 * n / lat_ms)
     lo, hi = 0.0, sat
-    for _ in range(14):
+    for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
         if predicted_tail_ms(mid, n, max_batch, lat_ms, alpha, quantile, peak_rps) <= bound_ms:
             lo = mid

@@ -29,6 +29,12 @@ from dataclasses import dataclass, field, replace
 from dnnscaler.core.types import Approach, Knobs, Observation, instances_that_fit
 from dnnscaler.policies.base import Decision
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
+from dnnscaler.policies.config_records import (
+    CLEAR_PASS,
+    ConfigRecord,
+    contention_calibration,
+    update_records,
+)
 from dnnscaler.policies.latency_surface import Surface
 
 MIN_TAIL_SAMPLES = 20
@@ -36,31 +42,26 @@ MAX_LOG_RATIO = 0.4
 STEADY_TAIL_FACTOR = 3.0  # windows with a tail beyond this many SLOs are a backlog
 STEADY_GROWTH = 0.2  # or with the backlog growing by this share of the completions
 MIN_EVIDENCE = 2.0  # full windows of compute statistics before the first planned move
-
-
-@dataclass(frozen=True)
-class ConfigRecord:
-    """What was measured at one config under the current SLO (0.0 = nothing yet)."""
-
-    max_batch_size: int
-    instances: int
-    floor_rps: float = 0.0
-    ceiling_rps: float = 0.0
-    updated_s: float = 0.0
-    tail_log_ratio: float = 0.0  # decayed mean of log(measured tail / predicted tail)
-    tail_weight: float = 0.0
+DWELL_WINDOWS = 2.0  # the dwell is at least this many windows (second-scale models)
+BACKOFF_WINDOWS = 30.0  # and the back-off memory at least this many
+SLO_CHANGE_WINDOW_S = 30.0  # after an SLO change, a latency-bound tail steps batches down
+OVERLOAD_GROWTH = 1.05  # measured load over throughput that means a growing backlog
+OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
 
 
 @dataclass(frozen=True)
 class PlanEntry:
+    """One candidate config and its predicted capacity under the SLO."""
+
     max_batch_size: int
     instances: int
     capacity_rps: float  # corrected by measurements: what the plan ranks on
-    raw_capacity_rps: float  # the uncorrected model at the SLO: the overload fallback
 
 
 @dataclass(frozen=True)
 class DnnScalerState:
+    """Everything the policy learned and decided; JSON-persistable via ``asdict``."""
+
     surface: Surface = field(default_factory=Surface)
     target: Knobs = field(default_factory=Knobs)
     changed_s: float = 0.0
@@ -71,10 +72,12 @@ class DnnScalerState:
     last_pending: int = 0
     plan_key: str = ""
     plan: tuple[PlanEntry, ...] = ()
+    plan_s: float = 0.0
     over_windows: int = 0
     tail_log_ratio: float = 0.0  # the same, over every config run (for the status display)
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
+    slo_changed_s: float = -1e18  # when the SLO last changed
 
 
 def fit_during_change(obs: Observation, target: Knobs) -> int:
@@ -117,6 +120,7 @@ class DnnScalerPolicy:
     record_memory_s: float = 300.0  # measured floors/ceilings are forgotten after this
     tail_memory_s: float = 20.0  # half-life of the tail-model calibration
     backoff_memory_s: float = 60.0  # changes this recent lengthen the dwell
+    replan_interval_s: float = 5.0  # unless over the SLO or the SLO moved
     name: str = "dnnscaler"
 
     def initial_state(self, obs: Observation) -> DnnScalerState:
@@ -142,6 +146,7 @@ class DnnScalerPolicy:
                 plan_key="",
                 over_windows=0,
                 recent_moves_s=(),
+                slo_changed_s=obs.now_s,
             )
         target = self._legal(state.target, obs, fit_during_change(obs, state.target))
         if target != state.target:
@@ -168,11 +173,14 @@ class DnnScalerPolicy:
         surface = state.surface.observe(w, obs.knobs.instances, obs.now_s, self.memory_s)
         if not surface.known:
             return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
-        moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self.backoff_memory_s)
+        moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
         load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
         slo = obs.slo.latency_ms
         over = latency > slo
-        records = self._record(state.records, target, load, over, obs.now_s)
+        clear = latency <= CLEAR_PASS * slo
+        records = update_records(
+            state.records, target, load, over, clear, obs.now_s, self.record_memory_s
+        )
         state = replace(
             state,
             surface=surface,
@@ -182,7 +190,7 @@ class DnnScalerPolicy:
             recent_moves_s=moves,
         )
         state = self._learn_tail(state, obs, target, load, latency)
-        state = self._replan(state, obs, n_fit)
+        state = self._replan(state, obs, n_fit, urgent=over)
         caps = {(p.max_batch_size, p.instances): p.capacity_rps for p in state.plan}
         if not caps:
             return self._hold(state, "no feasible config predicted")
@@ -191,31 +199,50 @@ class DnnScalerPolicy:
         why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
         in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
         since = obs.now_s - in_force_s
+        # Overloaded: the backlog grows or the tail is far past the SLO, not merely a
+        # pessimistic prediction. Only then is the optimistic fallback worth its risk.
+        overloaded = load > OVERLOAD_GROWTH * w.throughput_rps or latency > OVERLOAD_TAIL * slo
         if over:
-            if best.capacity_rps < load:
+            if best.capacity_rps < load and overloaded:
                 # Nothing is predicted to hold this load with margin: take the config with
                 # the most raw capacity (drain the backlog), unless that is where we are.
-                raw = max(state.plan, key=lambda p: p.raw_capacity_rps)
-                cur_raw = next(
-                    (
-                        p.raw_capacity_rps
-                        for p in state.plan
-                        if (p.max_batch_size, p.instances)
-                        == (target.max_batch_size, target.instances)
-                    ),
-                    0.0,
-                )
-                if raw.raw_capacity_rps > cur_raw * (1.0 + self.min_gain):
+                raw_caps = self._raw_capacities(state, obs, n_fit)
+                raw_key = max(raw_caps, key=lambda k: raw_caps[k])
+                cur_raw = raw_caps.get((target.max_batch_size, target.instances), 0.0)
+                raw = PlanEntry(raw_key[0], raw_key[1], raw_caps[raw_key])
+                if raw.capacity_rps > cur_raw * (1.0 + self.min_gain):
                     return self._move(
                         state, obs, raw, n_fit, f"overloaded ({why_tail}): ", overloaded=True
                     )
                 return self._hold(state, f"overloaded at the best known config ({why_tail})")
+            if not overloaded:
+                # Latency-bound: bigger batches are not the remedy, so the guard only looks
+                # at configs with batches no bigger than the current ones.
+                best = max(
+                    (p for p in state.plan if p.max_batch_size <= target.max_batch_size),
+                    key=lambda p: p.capacity_rps,
+                )
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
+            tightened = obs.now_s - state.slo_changed_s < SLO_CHANGE_WINDOW_S
+            if (
+                tightened
+                and not overloaded
+                and target.max_batch_size > 1
+                and state.over_windows >= 2
+            ):
+                # The SLO just moved, the tail broke it twice in a row and the model knows
+                # nothing better: the batches sized for the old SLO are too long, so one grid
+                # step smaller. (Under a rising load the same symptom means too little
+                # capacity: not this remedy.)
+                grid = batch_grid(target.max_batch_size)
+                step = PlanEntry(grid[-2], target.instances, 0.0)
+                return self._move(state, obs, step, n_fit, f"latency-bound ({why_tail}): ")
             return self._hold(state, f"over the SLO at the best known config ({why_tail})")
         # Each recent change doubles the dwell before the next planned one: exploration
         # is allowed, oscillation is not.
-        if since < self.dwell_s * 2.0 ** len(state.recent_moves_s):
+        dwell = max(self.dwell_s, DWELL_WINDOWS * obs.window.window_s)
+        if since < dwell * 2.0 ** len(state.recent_moves_s):
             return self._hold(state, f"dwelling ({why_tail})")
         if sum(surface.bin_w) < MIN_EVIDENCE:
             return self._hold(state, f"learning the latency surface ({why_tail})")
@@ -227,6 +254,10 @@ class DnnScalerPolicy:
         return self._hold(state, f"holding, predicted capacity {cur_cap:.0f} rps ({why_tail})")
 
     # ------------------------------------------------------------------------------------
+
+    def _memory(self, obs: Observation) -> float:
+        """How long a change counts in the back-off: seconds, or windows for slow models."""
+        return max(self.backoff_memory_s, BACKOFF_WINDOWS * obs.window.window_s)
 
     @staticmethod
     def _in_force(knobs: Knobs, target: Knobs) -> bool:
@@ -255,7 +286,7 @@ class DnnScalerPolicy:
         new = self._legal(Knobs(best.max_batch_size, n, 0), obs, n_fit)
         if new == cur:
             return self._hold(state, why + "no legal step")
-        recent = tuple(t for t in state.recent_moves_s if obs.now_s - t < self.backoff_memory_s)
+        recent = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
         state = replace(
             state,
             target=new,
@@ -271,30 +302,6 @@ class DnnScalerPolicy:
             why + f"b {cur.max_batch_size}->{new.max_batch_size}, n {cur.instances}->{n} "
             f"(predicted {best.capacity_rps:.0f} rps)",
         )
-
-    def _record(
-        self,
-        records: tuple[ConfigRecord, ...],
-        knobs: Knobs,
-        load: float,
-        over: bool,
-        now_s: float,
-    ) -> tuple[ConfigRecord, ...]:
-        kept = [r for r in records if now_s - r.updated_s <= self.record_memory_s]
-        key = (knobs.max_batch_size, knobs.instances)
-        old = next((r for r in kept if (r.max_batch_size, r.instances) == key), None)
-        rec = old or ConfigRecord(*key)
-        if over:
-            ceiling = load if rec.ceiling_rps <= 0 else min(rec.ceiling_rps, load)
-            rec = replace(rec, ceiling_rps=ceiling, floor_rps=min(rec.floor_rps, 0.97 * ceiling))
-        elif load > rec.floor_rps:
-            ceiling = rec.ceiling_rps
-            if ceiling > 0 and load >= ceiling:
-                ceiling = 0.0  # served more than the old ceiling: the ceiling was noise
-            rec = replace(rec, floor_rps=load, ceiling_rps=ceiling)
-        rec = replace(rec, updated_s=now_s)
-        others = [r for r in kept if (r.max_batch_size, r.instances) != key]
-        return (*others[-31:], rec)
 
     def _learn_tail(
         self, state: DnnScalerState, obs: Observation, knobs: Knobs, load: float, latency: float
@@ -338,7 +345,30 @@ class DnnScalerPolicy:
         recs[-1] = replace(rec, tail_log_ratio=rlog, tail_weight=rw)
         return replace(state, records=tuple(recs), tail_log_ratio=glog, tail_weight=gw)
 
-    def _replan(self, state: DnnScalerState, obs: Observation, n_fit: int) -> DnnScalerState:
+    def _raw_capacities(
+        self, state: DnnScalerState, obs: Observation, n_fit: int
+    ) -> dict[tuple[int, int], float]:
+        """The uncorrected model at the SLO, optimistic about every unexplored instance
+        count: the overload fallback (computed only when overloaded)."""
+        surface = state.surface
+        n_max = max(1, min(obs.limits.max_instances, n_fit))
+        grid = batch_grid(obs.limits.max_batch_size)
+        bold = surface.curve(n_max, optimism_steps=n_max)
+        peak = surface.peak_rps(bold, grid[-1])
+        q = obs.slo.percentile / 100.0
+        ratios = contention_calibration(state.records, n_max)
+        slo_ms = obs.slo.latency_ms
+        return {
+            (b, n): capacity_rps(
+                n, b, bold[n - 1], surface.alpha, slo_ms / math.exp(ratios[n - 1]), q, peak
+            )
+            for n in range(1, n_max + 1)
+            for b in grid
+        }
+
+    def _replan(
+        self, state: DnnScalerState, obs: Observation, n_fit: int, urgent: bool
+    ) -> DnnScalerState:
         surface = state.surface
         n_max = max(1, min(obs.limits.max_instances, n_fit))
         grid = batch_grid(obs.limits.max_batch_size)
@@ -357,55 +387,58 @@ class DnnScalerPolicy:
         )
         if key == state.plan_key:
             return state
-        # The overload fallback is optimistic all the way out: when nothing known holds the
-        # load, the unexplored instance counts are the best bet. The roofline prior uses it
-        # too, or a pessimistic guess would cap every config at what was seen so far.
+        same_slo = state.plan_key.split(";", 1)[0] == key.split(";", 1)[0]
+        if same_slo and not urgent and obs.now_s - state.plan_s < self.replan_interval_s:
+            return state  # re-planning costs milliseconds: not on every bit of noise
+        # The roofline prior is optimistic about unexplored instance counts, or a
+        # pessimistic guess would cap every config at what was seen so far.
         bold = surface.curve(n_max, optimism_steps=n_max)
         peak = surface.peak_rps(bold, grid[-1])
-        slo_ms = obs.slo.latency_ms
-        bound = self.tail_margin * slo_ms
+        bound = self.tail_margin * obs.slo.latency_ms
         quantile = obs.slo.percentile / 100.0
         recs = {(r.max_batch_size, r.instances): r for r in state.records}
+        ratios = contention_calibration(state.records, n_max)
         plan = []
         for n in range(1, n_max + 1):
             lat = curve[n - 1]
-            # Calibration transfers between batch sizes at the same instance count only:
-            # contention, not batching, is what the queueing model gets wrong.
-            same_n = [r for r in state.records if r.instances == n and r.tail_weight > 0]
-            weight_n = sum(r.tail_weight for r in same_n)
-            log_ratio_n = (
-                sum(r.tail_weight * r.tail_log_ratio for r in same_n) / weight_n
-                if weight_n > 0
-                else 0.0
-            )
+            # Calibration is shared by the batch sizes of one instance count: contention, not
+            # batching, is what the queueing model gets wrong, and per-config ratios learned
+            # at different loads would make the configs not in force look greener.
+            scaled = bound / math.exp(ratios[n - 1])
+            model = {
+                b: capacity_rps(n, b, lat, surface.alpha, scaled, quantile, peak) for b in grid
+            }
+            # A ceiling measured at one batch size scales its siblings' predictions too (by
+            # the square root: batch size still matters), or a violation would only send the
+            # policy to the next untried sibling.
+            factor = 1.0
             for b in grid:
                 r = recs.get((b, n))
-                log_ratio = log_ratio_n
-                if r is not None and r.tail_weight >= 1.0:
-                    log_ratio = r.tail_log_ratio
-                scaled = bound / math.exp(log_ratio)
-                cap = capacity_rps(n, b, lat, surface.alpha, scaled, quantile, peak)
-                raw = capacity_rps(n, b, bold[n - 1], surface.alpha, slo_ms, quantile, peak)
+                if r is not None and r.ceiling_rps > 0 and model[b] > 0:
+                    factor = min(factor, 0.97 * r.ceiling_rps / model[b])
+            for b in grid:
+                cap = model[b] * math.sqrt(factor)
+                r = recs.get((b, n))
                 if r is not None:
                     cap = max(cap, r.floor_rps)
                     if r.ceiling_rps > 0:
                         cap = min(cap, 0.97 * r.ceiling_rps)
-                plan.append(PlanEntry(b, n, cap, raw))
+                plan.append(PlanEntry(b, n, cap))
         # Among near-equal configs prefer fewer instances and smaller batches (less memory,
-        # less batch-size drift): rank by capacity rounded to 2 %.
+        # less batch-size drift): rank by capacity rounded to 3 %.
         plan.sort(key=lambda p: (-_bucket(p.capacity_rps), p.instances, p.max_batch_size))
-        return replace(state, plan_key=key, plan=tuple(plan))
+        return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
 
 
 def _q(x: float) -> str:
-    """Value quantised to ~2 % steps, so that noise does not force a re-plan."""
+    """Value quantised to ~3 % steps, so that noise does not force a re-plan."""
     if x <= 0:
         return "0"
-    return str(round(math.log(x) / math.log(1.02)))
+    return str(round(math.log(x) / math.log(1.03)))
 
 
 def _bucket(x: float) -> int:
-    return round(math.log(x) / math.log(1.02)) if x > 0 else -(10**9)
+    return round(math.log(x) / math.log(1.03)) if x > 0 else -(10**9)
 
 
 def _approach(k: Knobs) -> Approach:

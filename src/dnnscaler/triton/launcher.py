@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from dnnscaler.core.logging import get_logger
 from dnnscaler.triton.install import TritonInstall, find_triton
@@ -71,12 +70,22 @@ def _die_with_parent() -> None:
     A test runner or script killed without cleanup then does not leave an orphan server
     (and its stubs and shared memory) behind: Triton shuts down on SIGTERM by itself.
     """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> Any:
+    """libc's prctl, resolved in the parent (no dlopen between fork and exec)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
 
 
 class LocalTriton:
@@ -86,6 +95,7 @@ class LocalTriton:
     can be loaded later through the client API. Ports left ``None`` are picked free.
     ``exit_timeout_s`` is how long Triton waits for in-flight work on SIGTERM (a model
     whose reload failed can hold it that long); ``stop_timeout_s`` is when we SIGKILL.
+    ``trace_rate`` N traces one request in N (tracing costs server CPU at saturation).
     """
 
     def __init__(
@@ -99,6 +109,7 @@ class LocalTriton:
         workdir: str | Path | None = None,
         trace: bool = True,
         trace_log_frequency: int = 20,
+        trace_rate: int = 1,
         ready_timeout_s: float = 120.0,
         stop_timeout_s: float = 20.0,
         exit_timeout_s: int = 10,
@@ -113,6 +124,7 @@ class LocalTriton:
         self._workdir_arg = Path(workdir) if workdir is not None else None
         self.trace = trace
         self.trace_log_frequency = trace_log_frequency
+        self.trace_rate = trace_rate
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = max(stop_timeout_s, exit_timeout_s + 5.0)
         self.exit_timeout_s = exit_timeout_s
@@ -247,7 +259,7 @@ class LocalTriton:
         if self.trace and self.trace_file is not None:
             args += [
                 "--trace-config=level=TIMESTAMPS",
-                "--trace-config=rate=1",
+                f"--trace-config=rate={self.trace_rate}",
                 "--trace-config=count=-1",
                 f"--trace-config=triton,file={self.trace_file}",
                 f"--trace-config=triton,log-frequency={self.trace_log_frequency}",
@@ -301,7 +313,8 @@ class LocalTriton:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL the whole process group; clean our /dev/shm files."""
+        """SIGTERM, wait, then SIGKILL the whole process group; remove our /dev/shm files
+        and unread trace files (the log stays in the work folder)."""
         proc = self._proc
         if proc is not None:
             pgid = proc.pid  # start_new_session: the server leads its own group
@@ -323,6 +336,11 @@ class LocalTriton:
             with contextlib.suppress(OSError):
                 self._log_fh.close()
             self._log_fh = None
+        trace = self.trace_file
+        if trace is not None:  # unread traces are of no use once the server is gone
+            for path in trace.parent.glob(f"{trace.name}*"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
         leftovers = self.shm_files()
         for path in leftovers:
             with contextlib.suppress(OSError):

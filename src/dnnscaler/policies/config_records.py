@@ -1,0 +1,78 @@
+"""What the ``dnnscaler`` policy measured at the configs it ran: floors, ceilings and the
+tail-model calibration, per (batch size, instance count), under the current SLO."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dnnscaler.core.types import Knobs
+
+CLEAR_PASS = 0.9  # a window raises a config's floor only with its tail this far under the SLO
+CEILING_RESET = 1.1  # a clear pass this far above a ceiling clears it (the ceiling was noise)
+MAX_RECORDS = 32
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    """What was measured at one config under the current SLO (0.0 = nothing yet)."""
+
+    max_batch_size: int
+    instances: int
+    floor_rps: float = 0.0
+    ceiling_rps: float = 0.0
+    updated_s: float = 0.0
+    tail_log_ratio: float = 0.0  # decayed mean of log(measured tail / predicted tail)
+    tail_weight: float = 0.0
+
+
+def update_records(
+    records: tuple[ConfigRecord, ...],
+    knobs: Knobs,
+    load: float,
+    over: bool,
+    clear: bool,
+    now_s: float,
+    memory_s: float,
+) -> tuple[ConfigRecord, ...]:
+    """``records`` with this window's measurement at ``knobs`` folded in (it goes last).
+
+    ``over``: the window broke the SLO at ``load``; ``clear``: it passed with margin.
+    Records older than ``memory_s`` are forgotten.
+    """
+    kept = [r for r in records if now_s - r.updated_s <= memory_s]
+    key = (knobs.max_batch_size, knobs.instances)
+    old = next((r for r in kept if (r.max_batch_size, r.instances) == key), None)
+    rec = old or ConfigRecord(*key)
+    if over:
+        ceiling = load if rec.ceiling_rps <= 0 else min(rec.ceiling_rps, load)
+        rec = replace(rec, ceiling_rps=ceiling, floor_rps=min(rec.floor_rps, 0.97 * ceiling))
+    elif clear and load > rec.floor_rps:
+        ceiling = rec.ceiling_rps
+        if ceiling > 0 and load >= CEILING_RESET * ceiling:
+            ceiling = 0.0
+        floor = load if ceiling <= 0 else min(load, 0.97 * ceiling)
+        rec = replace(rec, floor_rps=floor, ceiling_rps=ceiling)
+    rec = replace(rec, updated_s=now_s)
+    others = [r for r in kept if (r.max_batch_size, r.instances) != key]
+    return (*others[-(MAX_RECORDS - 1) :], rec)
+
+
+def contention_calibration(records: tuple[ConfigRecord, ...], n_max: int) -> tuple[float, ...]:
+    """Tail-model log-ratio per instance count 1..n_max.
+
+    Measured counts use the weighted mean of their configs' ratios. An unmeasured count
+    inherits the largest ratio measured at a smaller count (the model's contention error
+    grows with the count), or none.
+    """
+    out: list[float] = []
+    worst = 0.0
+    for n in range(1, n_max + 1):
+        same = [r for r in records if r.instances == n and r.tail_weight > 0]
+        weight = sum(r.tail_weight for r in same)
+        if weight > 0:
+            ratio = sum(r.tail_weight * r.tail_log_ratio for r in same) / weight
+            worst = max(worst, ratio)
+            out.append(ratio)
+        else:
+            out.append(worst)
+    return tuple(out)
