@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import tenacity
@@ -266,56 +267,86 @@ class Agent:
         return rep
 
     async def _apply(self, model: str, generation: int, knobs: Knobs) -> None:
-        """Apply one update, idempotently by generation, one at a time per model."""
+        """Apply one update, idempotently by generation, one at a time per model.
+
+        If the backend is still busy with an earlier change (e.g. a Triton instance decrease
+        that blocks under load), the update is retried until it lands, a newer one
+        supersedes it, or ``busy_retry_s`` passes; only then is the result reported.
+        """
         lock = self._apply_locks.setdefault(model, asyncio.Lock())
-        async with lock:
-            prog = self.progress.setdefault(model, _ModelProgress())
-            mlog = self.log.bind(model=model, generation=generation)
-            if generation <= prog.seen_generation:
-                mlog.info("update_already_seen", seen=prog.seen_generation)
-                return
-            prog.seen_generation = generation
-            try:
-                outcome = await self.backend.apply(model, knobs)
-            except KnobRejected as e:
-                outcome = ApplyOutcome(
-                    ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=str(e)
-                )
-            except BackendUnavailable as e:
-                outcome = ApplyOutcome(
-                    ok=False, knobs_in_force=knobs, error=f"backend unavailable: {e}"
-                )
-            except Exception as e:  # never let one apply take the agent down
-                mlog.exception("apply_crashed")
-                outcome = ApplyOutcome(
-                    ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=repr(e)
-                )
-            if outcome.ok and outcome.in_progress:
-                prog.in_progress = (generation, knobs)
-            elif outcome.ok:
-                prog.applied_generation = generation
-                prog.in_progress = None
-                mlog.info(
-                    "applied",
-                    max_batch_size=outcome.knobs_in_force.max_batch_size,
-                    instances=outcome.knobs_in_force.instances,
-                    queue_delay_us=outcome.knobs_in_force.queue_delay_us,
+        prog = self.progress.setdefault(model, _ModelProgress())
+        mlog = self.log.bind(model=model, generation=generation)
+        deadline = time.monotonic() + self.config.busy_retry_s
+        first = True
+        while True:
+            async with lock:
+                if first and generation <= prog.seen_generation:
+                    mlog.info("update_already_seen", seen=prog.seen_generation)
+                    return
+                if not first and generation != prog.seen_generation:
+                    mlog.info("update_superseded", seen=prog.seen_generation)
+                    return
+                prog.seen_generation = generation
+                first = False
+                outcome = await self._apply_once(model, knobs, mlog)
+                busy = not outcome.ok and outcome.in_progress
+                if not busy or time.monotonic() >= deadline:
+                    self._record(model, prog, generation, knobs, outcome, mlog)
+                    return
+            mlog.info("backend_busy_retrying", error=outcome.error)
+            await asyncio.sleep(self.config.busy_retry_interval_s)
+
+    async def _apply_once(self, model: str, knobs: Knobs, mlog: Any) -> ApplyOutcome:
+        try:
+            return await self.backend.apply(model, knobs)
+        except KnobRejected as e:
+            return ApplyOutcome(
+                ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=str(e)
+            )
+        except BackendUnavailable as e:
+            return ApplyOutcome(ok=False, knobs_in_force=knobs, error=f"backend unavailable: {e}")
+        except Exception as e:  # never let one apply take the agent down
+            mlog.exception("apply_crashed")
+            return ApplyOutcome(
+                ok=False, knobs_in_force=await self._knobs_now(model, knobs), error=repr(e)
+            )
+
+    def _record(
+        self,
+        model: str,
+        prog: _ModelProgress,
+        generation: int,
+        knobs: Knobs,
+        outcome: ApplyOutcome,
+        mlog: Any,
+    ) -> None:
+        if outcome.ok and outcome.in_progress:
+            prog.in_progress = (generation, knobs)
+        elif outcome.ok:
+            prog.applied_generation = generation
+            prog.in_progress = None
+        if outcome.ok:
+            mlog.info(
+                "applied",
+                max_batch_size=outcome.knobs_in_force.max_batch_size,
+                instances=outcome.knobs_in_force.instances,
+                queue_delay_us=outcome.knobs_in_force.queue_delay_us,
+                in_progress=outcome.in_progress,
+            )
+        else:
+            mlog.warning("apply_failed", error=outcome.error)
+        self._send(
+            agent_pb2.AgentMessage(
+                apply_result=agent_pb2.ApplyResult(
+                    model=model,
+                    generation=generation,
+                    ok=outcome.ok,
+                    knobs_in_force=knobs_to_pb(outcome.knobs_in_force),
+                    error=outcome.error,
                     in_progress=outcome.in_progress,
                 )
-            else:
-                mlog.warning("apply_failed", error=outcome.error)
-            self._send(
-                agent_pb2.AgentMessage(
-                    apply_result=agent_pb2.ApplyResult(
-                        model=model,
-                        generation=generation,
-                        ok=outcome.ok,
-                        knobs_in_force=knobs_to_pb(outcome.knobs_in_force),
-                        error=outcome.error,
-                        in_progress=outcome.in_progress,
-                    )
-                )
             )
+        )
 
     async def _knobs_now(self, model: str, fallback: Knobs) -> Knobs:
         try:

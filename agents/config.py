@@ -19,13 +19,22 @@ class AgentConfig:
     report_interval_s: float = 1.0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
+    # An update the backend cannot take yet (busy with an earlier change) is retried this long.
+    busy_retry_s: float = 90.0
+    busy_retry_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
         if ":" not in self.controller:
             raise InvalidValue("controller", f"expected HOST:PORT, got {self.controller!r}")
         if self.gpu_index < 0:
             raise InvalidValue("gpu_index", "must be >= 0")
-        for name in ("report_interval_s", "backoff_initial_s", "backoff_max_s"):
+        for name in (
+            "report_interval_s",
+            "backoff_initial_s",
+            "backoff_max_s",
+            "busy_retry_s",
+            "busy_retry_interval_s",
+        ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise InvalidValue(name, f"must be > 0, got {v}")

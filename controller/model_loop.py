@@ -92,8 +92,8 @@ class ModelLoop:
         if self.pending is None or generation != self.pending.generation:
             return
         self.knobs = in_force
-        if in_progress:
-            return
+        if ok and in_progress:
+            return  # accepted, still landing: the agent's report will confirm it
         self.pending = None
         if not ok:
             self.last_error = error or "apply failed"

@@ -46,11 +46,17 @@ def test_demo_sim(tmp_path: Path) -> None:
 @pytest.mark.triton
 @pytest.mark.timeout(400)
 def test_demo_real_triton(tmp_path: Path) -> None:
-    shm_before = set(os.listdir("/dev/shm"))
-    r = _demo(tmp_path, "--step-s", "8")
+    cmd = [sys.executable, "-m", "dnnscaler.cli", "demo", "--out", str(tmp_path), "--step-s", "8"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as p:
+        out, err = p.communicate(timeout=400)
+    r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     doc = _check(tmp_path, r, {"wide_mlp", "serial_io"})
     assert sum(m["knob_changes"] for m in doc["models"]) >= 1
-    # Nothing left behind: no Triton of the demo's, no new shared-memory file.
+    # Nothing left behind: no Triton of the demo's, no shared-memory file of its servers
+    # (the launcher names them dnnscaler_<pid of its owner>_...).
     leftovers = subprocess.run(["pgrep", "-f", "dnnscaler-demo-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
-    assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{p.pid}_")] == []

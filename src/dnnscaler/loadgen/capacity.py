@@ -154,6 +154,9 @@ async def sweep(
                     if not outcome.ok:
                         log.warning("sweep.apply_failed", model=model, error=outcome.error)
                         continue
+                    # New instances are cold: the first second after a reload shows a
+                    # p99 of 200+ ms at any rate. Warm them before measuring.
+                    await probe_rate(server.grpc_url, model, 50.0, slos[model], 0.0, 3.0, False)
                     cap = await find_capacity(
                         server.grpc_url, model, slos[model], measure_s=measure_s
                     )
