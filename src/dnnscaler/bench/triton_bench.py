@@ -297,13 +297,7 @@ async def run_staircase(
 def _window(gen: Any) -> tuple[Any, np.ndarray]:
     """The load generator's window plus its raw latencies (ms)."""
     w = gen.window()
-    raw = getattr(w, "latencies_ms", None)
-    if raw is None:
-        # Fallback: reconstruct the tail from the summary (p99 repeated) when raw values are
-        # not kept; the step verdict then uses the worst window of the half-step.
-        vals = [v for v in (w.latency_p50_ms, w.latency_p95_ms, w.latency_p99_ms) if v is not None]
-        raw = np.array(vals, dtype=float)
-    return w, np.asarray(raw, dtype=float)
+    return w, np.asarray(w.latencies_ms, dtype=float)
 
 
 def record_for(

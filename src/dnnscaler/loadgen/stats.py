@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ class LoadWindow:
     latency_p99_ms: float | None
     latency_max_ms: float | None
     in_flight: int = 0
+    # Raw latencies (ms) of the window, for benchmarks that pool windows; not serialised.
+    latencies_ms: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -45,6 +47,7 @@ class LoadWindow:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("latencies_ms", None)
         out["duration_s"] = self.duration_s
         return out
 
@@ -64,9 +67,11 @@ def summarize(
     if latencies_s:
         arr = np.asarray(latencies_s, dtype=np.float64) * 1000.0
         p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
+        raw = arr
         mean, worst = float(arr.mean()), float(arr.max())
     else:
         p50 = p95 = p99 = mean = worst = None  # type: ignore[assignment]
+        raw = np.empty(0)
     return LoadWindow(
         start_s=start_s,
         end_s=end_s,
@@ -82,4 +87,5 @@ def summarize(
         latency_p99_ms=p99,
         latency_max_ms=worst,
         in_flight=in_flight,
+        latencies_ms=raw,
     )
