@@ -81,18 +81,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 report_interval_s=self.registry.config.report_interval_s,
             )
         )
+        getter: asyncio.Task[Any] | None = None
         try:
             while True:
-                getter: asyncio.Task[Any] = asyncio.create_task(record.outbox.get())
+                getter = asyncio.create_task(record.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
-                    getter.cancel()
                     break
                 msg = getter.result()
                 if msg is _CLOSE:
                     break
                 yield msg
         finally:
+            if getter is not None:
+                getter.cancel()
             reader.cancel()
             current = self.registry.agents.get(record.agent_id)
             if current is record and record.session == session:

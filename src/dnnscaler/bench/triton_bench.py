@@ -469,6 +469,8 @@ def cmd_triton(args: Any) -> int:
     cfg = replace(cfg, policies=policies, percentile=args.percentile, seed=args.seed, slo_ms=slo_ms)
     Slo(latency_ms=min(slo_ms.values()), percentile=args.percentile)  # validates, names the field
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
     result = asyncio.run(run_triton_bench(cfg, progress=lambda s: console.log(s)))
     write_report(
         result.records,
