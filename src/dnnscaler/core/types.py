@@ -111,8 +111,9 @@ class BatchStat:
 class WindowStats:
     """What one model did during one control window, as measured by the agent.
 
-    Latencies are end-to-end server-side (queue + compute) in ms; ``None`` when the window
-    had no completed request.
+    Latencies are end to end in ms as close to what a client sees as the backend can tell
+    (Triton: the traced server span plus a measured transport round trip; sim: queue +
+    compute); ``None`` when the window had no completed request.
     """
 
     window_s: float
