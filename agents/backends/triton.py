@@ -137,6 +137,7 @@ class TritonBackend:
         load_timeout_s: float = 300.0,
         blocking_wait_s: float = 60.0,
         default_max_instances: int = 10,
+        instance_changes: Literal["reload", "in-place"] = "reload",
         adapt_trace_frequency: bool = True,
         add_transport_overhead: bool = True,
         overhead_probes: int = 3,
@@ -150,6 +151,8 @@ class TritonBackend:
         self.load_timeout_s = load_timeout_s
         self.blocking_wait_s = blocking_wait_s
         self.default_max_instances = default_max_instances
+        self.instance_changes = instance_changes
+        self._reloads = 0
         self.adapt_trace_frequency = adapt_trace_frequency
         self.add_transport_overhead = add_transport_overhead
         self.overhead_probes = overhead_probes
@@ -557,6 +560,19 @@ class TritonBackend:
             st.last_error = ""
             return ApplyOutcome(ok=True, knobs_in_force=current)
         new_cfg = config_with_knobs(cfg, knobs)
+        if self.instance_changes == "reload" and kind in (
+            ChangeKind.INSTANCES_UP,
+            ChangeKind.INSTANCES_DOWN,
+        ):
+            # Triton 2.51 crashed (SIGSEGV) on in-place instance increases under load with a
+            # queue delay set, and in-place decreases block under load: a full reload (new
+            # instances start beside the old ones) avoids both. Bumping a parameter makes
+            # Triton reload rather than edit the instance group in place.
+            self._reloads += 1
+            params = dict(new_cfg.get("parameters") or {})
+            params["dnnscaler.reload"] = {"string_value": f"{time.time_ns()}-{self._reloads}"}
+            new_cfg["parameters"] = params
+            kind = ChangeKind.RELOAD
         self._log.info(
             "triton_backend.apply", model=model, change=kind.value, old=current, new=knobs
         )

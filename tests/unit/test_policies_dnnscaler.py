@@ -221,3 +221,68 @@ def test_readapts_to_interference() -> None:
     run = _drive("imagenet/Mob-V1-025", 0.3, 100, interference_at=lambda i: 1.0 if i < 40 else 1.6)
     assert _violations(run[60:]) <= 2
     assert _changes(run[70:]) <= 1
+
+
+def test_holds_while_a_backlog_drains() -> None:
+    # A backlog inherited from an overloaded config drains at the config in force: the tail
+    # is far over the SLO, but it is the backlog's wait, not this config's capacity. The
+    # policy holds and records no ceiling; the same tail with a growing backlog is acted on.
+    policy = DnnScalerPolicy()
+    limits = KnobLimits(max_batch_size=8, max_instances=8)
+    slo = Slo(60.0, 99.0)
+    k = Knobs(1, 4, 0)
+
+    def window(t: float, pending: int, p99: float) -> Observation:
+        w = WindowStats(
+            window_s=1.0,
+            completed=300,
+            throughput_rps=300.0,
+            latency_mean_ms=p99 / 2,
+            latency_p50_ms=p99 / 2,
+            latency_p95_ms=p99,
+            latency_p99_ms=p99,
+            pending_requests=pending,
+            batch_stats={1: BatchStat(300, 11.0)},
+        )
+        return Observation(t, "m", slo, k, limits, w)
+
+    o = window(0.0, 600, 2000.0)
+    state = policy.initial_state(o)
+    for t, pending in ((2.0, 450), (3.0, 300), (4.0, 150)):
+        dec = policy.decide(window(t, pending, 2000.0), state)
+        state = dec.state
+        assert dec.knobs == k and "draining" in dec.reason
+    assert not any(r.ceiling_rps > 0 for r in state.records)
+    dec = policy.decide(window(5.0, 400, 2000.0), state)
+    assert "draining" not in dec.reason
+
+
+def test_explores_instances_one_measured_step_at_a_time() -> None:
+    # Only one instance ever measured: the contention of 3+ instances is the prior's guess
+    # (GPU curves), so a planned move goes to at most 2 instances, however good the prior
+    # makes the larger counts look.
+    policy = DnnScalerPolicy()
+    limits = KnobLimits(max_batch_size=1, max_instances=10)
+    slo = Slo(60.0, 99.0)
+    k = Knobs(1, 1, 0)
+    state = None
+    for t in range(1, 30):
+        w = WindowStats(
+            window_s=1.0,
+            completed=60,
+            throughput_rps=60.0,
+            latency_mean_ms=12.0,
+            latency_p50_ms=11.0,
+            latency_p95_ms=20.0,
+            latency_p99_ms=25.0,
+            pending_requests=0,
+            batch_stats={1: BatchStat(60, 10.0)},
+        )
+        o = Observation(float(t), "m", slo, k, limits, w)
+        state = policy.initial_state(o) if state is None else state
+        dec = policy.decide(o, state)
+        state = dec.state
+        assert dec.knobs.instances <= 2
+        if dec.knobs != k:
+            break
+    assert dec.knobs.instances == 2  # it did explore

@@ -47,6 +47,10 @@ BACKOFF_WINDOWS = 30.0  # and the back-off memory at least this many
 SLO_CHANGE_WINDOW_S = 30.0  # after an SLO change, a latency-bound tail steps batches down
 OVERLOAD_GROWTH = 1.05  # measured load over throughput that means a growing backlog
 OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
+EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest count run
+KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
+UNTRIED_GAIN = 0.1  # predicted gain a planned move to a config never run needs
+DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class DnnScalerState:
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
     slo_changed_s: float = -1e18  # when the SLO last changed
+    explored_instances: int = 1  # the largest instance count measured (survives SLO changes)
 
 
 def fit_during_change(obs: Observation, target: Knobs) -> int:
@@ -177,6 +182,20 @@ class DnnScalerPolicy:
         load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
         slo = obs.slo.latency_ms
         over = latency > slo
+        shrink = state.last_pending - pending
+        if (
+            latency > OVERLOAD_TAIL * slo
+            and w.pending_requests is not None
+            and shrink > DRAIN_SHARE * w.completed
+        ):
+            # The backlog shrinks: the config in force serves more than arrives, and the
+            # tail is the wait the backlog inherited (from a previous config or a burst).
+            # Not a measurement of this config: no ceiling, no move, no tail calibration.
+            return self._hold(
+                replace(state, surface=surface, last_pending=pending, recent_moves_s=moves),
+                f"draining a backlog of {pending} requests (p{obs.slo.percentile:g} "
+                f"{latency:.1f}ms / SLO {slo:.1f}ms)",
+            )
         clear = latency <= CLEAR_PASS * slo
         records = update_records(
             state.records, target, load, over, clear, obs.now_s, self.record_memory_s
@@ -188,6 +207,7 @@ class DnnScalerPolicy:
             last_pending=pending,
             over_windows=state.over_windows + 1 if over else 0,
             recent_moves_s=moves,
+            explored_instances=max(state.explored_instances, target.instances),
         )
         state = self._learn_tail(state, obs, target, load, latency)
         state = self._replan(state, obs, n_fit, urgent=over)
@@ -217,9 +237,22 @@ class DnnScalerPolicy:
                 return self._hold(state, f"overloaded at the best known config ({why_tail})")
             if not overloaded:
                 # Latency-bound: bigger batches are not the remedy, so the guard only looks
-                # at configs with batches no bigger than the current ones.
+                # at configs with batches no bigger than the current ones, or at configs
+                # measured to serve this load with margin (a retreat to a known-good config:
+                # after an exploration into contention the remedy is fewer instances).
+                good = {
+                    (r.max_batch_size, r.instances)
+                    for r in state.records
+                    if r.floor_rps >= KNOWN_GOOD * load
+                    and (r.ceiling_rps <= 0 or r.ceiling_rps > load)
+                }
                 best = max(
-                    (p for p in state.plan if p.max_batch_size <= target.max_batch_size),
+                    (
+                        p
+                        for p in state.plan
+                        if p.max_batch_size <= target.max_batch_size
+                        or (p.max_batch_size, p.instances) in good
+                    ),
                     key=lambda p: p.capacity_rps,
                 )
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
@@ -246,7 +279,13 @@ class DnnScalerPolicy:
             return self._hold(state, f"dwelling ({why_tail})")
         if sum(surface.bin_w) < MIN_EVIDENCE:
             return self._hold(state, f"learning the latency surface ({why_tail})")
-        if best.capacity_rps >= cur_cap * (1.0 + self.min_gain) and (
+        # A config never run is a prediction only: it must promise more to be worth a move.
+        tried = any(
+            (r.max_batch_size, r.instances) == (best.max_batch_size, best.instances)
+            for r in state.records
+        )
+        gain = self.min_gain if tried else UNTRIED_GAIN
+        if best.capacity_rps >= cur_cap * (1.0 + gain) and (
             best.max_batch_size,
             best.instances,
         ) != (target.max_batch_size, target.instances):
@@ -376,7 +415,8 @@ class DnnScalerPolicy:
         key = ";".join(
             [
                 f"{obs.slo.latency_ms:.4g}/{obs.slo.percentile:g}/{n_max}/{grid[-1]}",
-                f"{_q(surface.alpha)}/{_q(math.exp(state.tail_log_ratio))}",
+                f"{_q(surface.alpha)}/{_q(math.exp(state.tail_log_ratio))}"
+                f"/{state.explored_instances}",
                 ",".join(_q(x) for x in curve),
                 ",".join(
                     f"{r.max_batch_size}/{r.instances}/{_q(r.floor_rps)}/{_q(r.ceiling_rps)}"
@@ -398,8 +438,13 @@ class DnnScalerPolicy:
         quantile = obs.slo.percentile / 100.0
         recs = {(r.max_batch_size, r.instances): r for r in state.records}
         ratios = contention_calibration(state.records, n_max)
+        # Instance counts more than EXPLORE_INSTANCES beyond the largest one measured are not
+        # candidates: their contention is the prior's guess (the known GPUs' curves), which
+        # a different device (a 2-core CPU) can miss by a factor of two. Instances are
+        # explored one measured step at a time; the overload fallback is not bounded.
+        n_plan = min(n_max, state.explored_instances + EXPLORE_INSTANCES)
         plan = []
-        for n in range(1, n_max + 1):
+        for n in range(1, n_plan + 1):
             lat = curve[n - 1]
             # Calibration is shared by the batch sizes of one instance count: contention, not
             # batching, is what the queueing model gets wrong, and per-config ratios learned

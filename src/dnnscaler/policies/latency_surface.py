@@ -30,7 +30,7 @@ from dnnscaler.core.types import BatchStat, WindowStats
 from dnnscaler.policies.matrix_completion import known_rows
 
 ALPHA_PRIOR = 0.3
-ALPHA_PRIOR_WEIGHT = 0.5
+ALPHA_PRIOR_WEIGHT = 0.2
 PEAK_HEADROOM = 0.1
 RIDGE = 0.3
 BLEND_WEIGHT = 3.0  # measured windows at which a bin's own mean outweighs the fit
