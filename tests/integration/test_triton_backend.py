@@ -172,10 +172,10 @@ async def test_no_failed_requests_across_reconfigurations_under_load(
 ) -> None:
     down = Knobs(max_batch_size=4, instances=2, queue_delay_us=500)
     plan = [  # (knobs, is an instance decrease)
-        (Knobs(max_batch_size=8, instances=2), False),  # instances up (in place)
+        (Knobs(max_batch_size=8, instances=2), False),  # instances up (reload)
         (Knobs(max_batch_size=4, instances=3, queue_delay_us=500), False),  # full reload
         (Knobs(max_batch_size=4, instances=4, queue_delay_us=500), False),  # up
-        (down, True),  # down: runs in the background
+        (down, True),  # instances down (reload)
         (Knobs(max_batch_size=2, instances=2), False),  # reload
         (Knobs(max_batch_size=8, instances=1), False),  # reload with fewer instances
     ]
@@ -183,13 +183,11 @@ async def test_no_failed_requests_across_reconfigurations_under_load(
     await backend.observe()
     async with LoadGen(triton_server.grpc_url, "serial_io", rate_rps=60, seed=3) as gen:
         await asyncio.sleep(1.0)
-        for knobs, decrease in plan:
+        for knobs, _decrease in plan:
             first = await backend.apply("serial_io", knobs)
-            if decrease:
-                assert first.ok and first.in_progress, "a decrease must not block the caller"
-                # Another change while the decrease is pending is refused, not queued.
-                other = await backend.apply("serial_io", Knobs(max_batch_size=1, instances=1))
-                assert not other.ok and other.in_progress and "in progress" in other.error
+            # Instance changes are full reloads by default (in-place increases crashed
+            # Triton 2.51 under load; in-place decreases block): they complete in the call.
+            assert first.ok and not first.in_progress, first
             outcome = await settle(backend, "serial_io", knobs)
             assert outcome.ok, outcome.error
             assert read_back(triton_server, "serial_io") == knobs
