@@ -37,6 +37,7 @@ from dnnscaler.core.types import Knobs, Slo
 
 log = get_logger(__name__)
 
+PROBE_IN_FLIGHT = 128
 TRITON_POLICIES = ("dnnscaler", "paper", "aimd", "static-default", "oracle")
 DEFAULT_SLO_MS = {"wide_mlp": 60.0, "serial_io": 60.0, "resnet_small": 80.0}
 
@@ -108,15 +109,20 @@ async def _open_loop_probe(
     """p-th percentile (ms) over ``probe_s`` after ``warm_s`` at ``rate``; errors; completed."""
     from dnnscaler.loadgen.generator import LoadGen
 
-    async with LoadGen(url, model, rate_rps=rate, seed=seed, max_duration_s=120) as gen:
+    # A bounded number in flight: far past capacity, Triton 2.51's Python backend crashed
+    # (SIGSEGV) with hundreds of requests queued; arrivals past the bound count as failures.
+    async with LoadGen(
+        url, model, rate_rps=rate, seed=seed, max_duration_s=120, max_in_flight=PROBE_IN_FLIGHT
+    ) as gen:
         await asyncio.sleep(cfg.warm_s)
         w = await gen.run_for(cfg.probe_s)
-    return w.latency_at(slo.percentile), w.errors, w.completed
+    return w.latency_at(slo.percentile), w.errors + w.dropped, w.completed
 
 
 async def _closed_loop_throughput(url: str, model: str, concurrency: int, seconds: float) -> float:
     from dnnscaler.loadgen.generator import LoadGen
 
+    concurrency = min(concurrency, PROBE_IN_FLIGHT)
     async with LoadGen(url, model, concurrency=concurrency, max_duration_s=60) as gen:
         await asyncio.sleep(1.0)
         w = await gen.run_for(seconds)
@@ -233,7 +239,12 @@ async def run_staircase(
     try:
         await agent.connected.wait()
         async with LoadGen(
-            url, model, rate_rps=st.rate(capacity_rps, 0), seed=cfg.seed, max_duration_s=3600
+            url,
+            model,
+            rate_rps=st.rate(capacity_rps, 0),
+            seed=cfg.seed,
+            max_duration_s=3600,
+            max_in_flight=2 * PROBE_IN_FLIGHT,
         ) as gen:
             gen.window()
             i = 0
@@ -297,7 +308,9 @@ async def run_staircase(
 def _window(gen: Any) -> tuple[Any, np.ndarray]:
     """The load generator's window plus its raw latencies (ms)."""
     w = gen.window()
-    return w, np.asarray(w.latencies_ms, dtype=float)
+    raw = np.asarray(w.latencies_ms, dtype=float)
+    # Arrivals shed past the in-flight bound never met the SLO: count them as infinitely late.
+    return w, np.concatenate([raw, np.full(w.dropped, np.inf)])
 
 
 def record_for(
@@ -437,6 +450,9 @@ def add_triton_parser(sub: Any) -> None:
     p.add_argument("--slo-ms", type=float, help="SLO for every model (default: per model)")
     p.add_argument("--percentile", type=float, default=99.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", help="oracle grid as B1,B2,...xN1,N2,... (e.g. 1,4,16x1,2,4)")
+    p.add_argument("--step-frac", type=float, help="staircase step as a share of oracle capacity")
+    p.add_argument("--step-windows", type=int, default=8, help="control windows per step")
     p.set_defaults(func=cmd_triton)
 
 
@@ -465,6 +481,20 @@ def cmd_triton(args: Any) -> int:
         )
         return 2
     cfg = quick_config(models) if args.quick else TritonBenchConfig(models=models)
+    if args.grid:
+        bs, ns = args.grid.split("x")
+        cfg = replace(
+            cfg,
+            batch_grid=tuple(int(x) for x in bs.split(",")),
+            instance_grid=tuple(int(x) for x in ns.split(",")),
+        )
+    if args.step_frac:
+        cfg = replace(
+            cfg,
+            staircase=replace(
+                cfg.staircase, step_frac=args.step_frac, step_windows=args.step_windows
+            ),
+        )
     slo_ms = {mm: (args.slo_ms or DEFAULT_SLO_MS.get(mm, 60.0)) for mm in models}
     cfg = replace(cfg, policies=policies, percentile=args.percentile, seed=args.seed, slo_ms=slo_ms)
     Slo(latency_ms=min(slo_ms.values()), percentile=args.percentile)  # validates, names the field
@@ -555,6 +585,7 @@ async def side_by_side(
     step_frac: float = 0.075,
     probe_s: float = 3.0,
     max_steps: int = 16,
+    max_rps: float | None = None,
 ) -> tuple[float, float, list[dict[str, Any]]]:
     """Capacities of configs ``a`` and ``b`` measured alternately on one rising rate ladder,
     so both see the same rates and the same background noise. Each config's capacity is the
@@ -565,6 +596,8 @@ async def side_by_side(
     log_rows: list[dict[str, Any]] = []
     for i in range(max_steps):
         rate = start_rps * (1 + step_frac) ** i
+        if max_rps is not None and rate > max_rps:
+            break
         for key, knobs in (("a", a), ("b", b)):
             if fails[key] >= 2:
                 continue
