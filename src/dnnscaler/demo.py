@@ -82,7 +82,7 @@ class DemoEnv(Protocol):
 class SimEnv:
     """Simulated GPUs: a multi-tenancy-friendly and a batching-friendly published network."""
 
-    def __init__(self, step_s: float) -> None:
+    def __init__(self) -> None:
         from dnnscaler.agents.backends.sim import SimBackend, SimModelSpec
         from dnnscaler.sim.profile import shipped_profiles
 
@@ -391,6 +391,19 @@ def plot(result: DemoResult, plans: list[DemoModelPlan], path: Path) -> None:
     plt.close(fig)
 
 
+SUMMARY_COLUMNS = (
+    "model",
+    "slo",
+    "approach",
+    "final_knobs",
+    "final_offered_rps",
+    "final_throughput_rps",
+    "windows_within_slo",
+    "knob_changes",
+    "client_errors",
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the embedded default end to end (real Triton by default)")
     p.add_argument("--backend", choices=("triton", "sim"), default="triton")
@@ -403,7 +416,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 @contextlib.asynccontextmanager
 async def _env(args: argparse.Namespace) -> AsyncIterator[DemoEnv]:
     if args.backend == "sim":
-        yield SimEnv(args.step_s)
+        yield SimEnv()
         return
     with tempfile.TemporaryDirectory(prefix="dnnscaler-demo-") as tmp:
         async with TritonEnv(TRITON_PLANS, Path(tmp)) as env:
@@ -435,38 +448,12 @@ def run(args: argparse.Namespace) -> int:
         log_file.close()
     summary = summarize(result, plans)
     t = Table(title="demo summary")
-    for col in (
-        "model",
-        "slo",
-        "approach",
-        "final_knobs",
-        "final_offered_rps",
-        "final_throughput_rps",
-        "windows_within_slo",
-        "knob_changes",
-        "client_errors",
-    ):
+    for col in SUMMARY_COLUMNS:
         t.add_column(col)
     for row in summary:
         k = row["final_knobs"]
-        t.add_row(
-            *[
-                f"b{k['max_batch_size']} n{k['instances']} d{k['queue_delay_us']}"
-                if c == "final_knobs"
-                else str(row[c])
-                for c in (
-                    "model",
-                    "slo",
-                    "approach",
-                    "final_knobs",
-                    "final_offered_rps",
-                    "final_throughput_rps",
-                    "windows_within_slo",
-                    "knob_changes",
-                    "client_errors",
-                )
-            ]
-        )
+        knobs = f"b{k['max_batch_size']} n{k['instances']} d{k['queue_delay_us']}"
+        t.add_row(*[knobs if c == "final_knobs" else str(row[c]) for c in SUMMARY_COLUMNS])
     console.print(t)
     (out / "summary.json").write_text(
         json.dumps(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -418,10 +417,6 @@ def oracle_rows(oracles: dict[str, list[ConfigCapacity]]) -> list[dict[str, Any]
     ]
 
 
-def finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def quick_config(models: Sequence[str]) -> TritonBenchConfig:
     """A short run for smoke tests: tiny grid, short probes, coarse staircase."""
     return replace(
@@ -456,29 +451,29 @@ def add_triton_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_triton)
 
 
-def cmd_triton(args: Any) -> int:
+def _names(arg: str, valid: Sequence[str], option: str) -> tuple[str, ...] | None:
+    """Comma-separated names checked against ``valid``; prints the error and gives None."""
     import sys
 
+    names = tuple(x for x in arg.split(",") if x)
+    unknown = [x for x in names if x not in valid]
+    if unknown or not names:
+        print(
+            f"bench triton: {option}: unknown {unknown}; valid: {', '.join(valid)}", file=sys.stderr
+        )
+        return None
+    return names
+
+
+def cmd_triton(args: Any) -> int:
     from rich.console import Console
 
     from dnnscaler.bench.report import write_report
     from dnnscaler.triton.demo_models import DEMO_MODELS
 
-    models = tuple(x for x in args.models.split(",") if x)
-    unknown = [x for x in models if x not in DEMO_MODELS]
-    if unknown or not models:
-        print(
-            f"bench triton: --models: unknown {unknown}; valid: {', '.join(DEMO_MODELS)}",
-            file=sys.stderr,
-        )
-        return 2
-    policies = tuple(x for x in args.policies.split(",") if x)
-    bad = [x for x in policies if x not in TRITON_POLICIES]
-    if bad or not policies:
-        print(
-            f"bench triton: --policies: unknown {bad}; valid: {', '.join(TRITON_POLICIES)}",
-            file=sys.stderr,
-        )
+    models = _names(args.models, tuple(DEMO_MODELS), "--models")
+    policies = _names(args.policies, TRITON_POLICIES, "--policies")
+    if models is None or policies is None:
         return 2
     cfg = quick_config(models) if args.quick else TritonBenchConfig(models=models)
     if args.grid:

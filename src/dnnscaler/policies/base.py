@@ -9,7 +9,7 @@ an update only when the returned knobs differ from those in force.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from dnnscaler.core.types import Approach, Knobs, Observation
 
@@ -38,6 +38,3 @@ class Policy(Protocol[S]):
     def decide(self, obs: Observation, state: S) -> Decision[S]:
         """Pure: the knobs to have in force after this observation, and the next state."""
         ...
-
-
-PolicyFactory = Any  # callable(**params) -> Policy; see dnnscaler.policies.registry
