@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.xfail(strict=False, reason="default policy below 0.9 x oracle on real Triton"),
     pytest.mark.slow,
     pytest.mark.triton,
-    pytest.mark.timeout(900),
+    pytest.mark.timeout(400),  # bounds a known-gap run in CI; a timeout counts as the xfail
     pytest.mark.asyncio(loop_scope="module"),
 ]
 
