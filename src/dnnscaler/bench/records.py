@@ -45,6 +45,7 @@ class BenchRecord:
     scenario_violation_rate: float | None = None  # the dynamic scenarios only (loads <= 75 %)
     low_staircase: bool = False  # capacity measured on the staircase starting at 5 %
     scenarios: tuple[ScenarioResult, ...] = field(default_factory=tuple)
+    error: str | None = None  # the run failed (exception type and message); capacity 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

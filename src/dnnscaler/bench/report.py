@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def _ratio(x: float | None) -> str:
 
 
 def _viol(r: BenchRecord) -> str:
+    if not math.isfinite(r.violation_rate):  # a failed run: unknown
+        return "-"
     scen = r.scenario_violation_rate
     extra = f" ({100 * scen:.1f}%)" if scen is not None else ""
     return f"{100 * r.violation_rate:.1f}%{extra}"
@@ -66,8 +69,11 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
         t.add_column(
             col, justify="left" if col in ("policy", "approach", "final knobs") else "right"
         )
+    notes = [f"{r.policy} FAILED: {r.error}" for r in rs if r.error]
     if any(r.low_staircase for r in rs):
-        t.caption = "* capacity from the low staircase (starting at 5 % of the oracle's capacity)"
+        notes.append("* capacity from the low staircase (starting at 5 % of the oracle's capacity)")
+    if notes:
+        t.caption = "\n".join(notes)
     for r in rs:
         t.add_row(
             r.policy,
@@ -94,24 +100,26 @@ def summary_rows(records: Sequence[BenchRecord]) -> list[dict[str, Any]]:
         ro = [r.ratio_to_oracle for r in rs if r.ratio_to_oracle is not None]
         rr = [r.ratio_to_oracle_run for r in rs if r.ratio_to_oracle_run is not None]
         sv = [r.scenario_violation_rate for r in rs if r.scenario_violation_rate is not None]
+        vr = [r.violation_rate for r in rs if math.isfinite(r.violation_rate)]
         ra = [r.ratio_to_aimd for r in rs if r.ratio_to_aimd is not None]
         rp = [r.ratio_to_paper for r in rs if r.ratio_to_paper is not None]
         ra_f = [x for x in ra if math.isfinite(x)]
-        out.append(
-            {
-                "policy": pol,
-                "models": len(rs),
-                "mean_ratio_to_oracle": sum(ro) / len(ro) if ro else None,
-                "min_ratio_to_oracle": min(ro) if ro else None,
-                "models_at_0.95_oracle": sum(1 for x in ro if x >= 0.95),
-                "mean_ratio_to_oracle_run": sum(rr) / len(rr) if rr else None,
-                "mean_ratio_to_aimd": sum(ra_f) / len(ra_f) if ra_f else None,
-                "mean_ratio_to_paper": sum(rp) / len(rp) if rp else None,
-                "mean_violation_rate": sum(r.violation_rate for r in rs) / len(rs),
-                "mean_scenario_violation_rate": sum(sv) / len(sv) if sv else None,
-                "failed_requests": sum(r.failed_requests for r in rs),
-            }
-        )
+        row: dict[str, Any] = {
+            "policy": pol,
+            "models": len(rs),
+            "mean_ratio_to_oracle": sum(ro) / len(ro) if ro else None,
+            "min_ratio_to_oracle": min(ro) if ro else None,
+            "models_at_0.95_oracle": sum(1 for x in ro if x >= 0.95),
+            "mean_ratio_to_oracle_run": sum(rr) / len(rr) if rr else None,
+            "mean_ratio_to_aimd": sum(ra_f) / len(ra_f) if ra_f else None,
+            "mean_ratio_to_paper": sum(rp) / len(rp) if rp else None,
+            "mean_violation_rate": sum(vr) / len(vr) if vr else None,
+            "mean_scenario_violation_rate": sum(sv) / len(sv) if sv else None,
+            "failed_requests": sum(r.failed_requests for r in rs),
+        }
+        if any(r.error for r in records):  # only where some run failed (real-server benches)
+            row["failed_runs"] = sum(1 for r in rs if r.error)
+        out.append(row)
     return out
 
 
@@ -148,6 +156,9 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
     s_head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     s_rows = ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in summ]
     note = "\n\n\\* capacity from the low staircase (starting at 5 % of the oracle's capacity).\n"
+    failures = [f"- {r.model} {r.policy} FAILED: {r.error}" for r in records if r.error]
+    if failures:
+        note += "\n" + "\n".join(failures) + "\n"
     return head + "\n".join(rows) + note + "\n" + s_head + "\n".join(s_rows) + "\n"
 
 
@@ -183,15 +194,20 @@ def write_report(
     meta: Mapping[str, Any] | None = None,
     timeseries: Mapping[tuple[str, str], Sequence[WindowRecord]] | None = None,
     console: Console | None = None,
+    plots: bool = True,
+    show: bool = True,
 ) -> Path:
-    """Print the tables; write ``results.json``, ``tables.md``, ``capacity.png``,
-    ``timeseries_<model>_<policy>.png`` and their data in ``timeseries.json``."""
+    """Print the tables (unless ``show`` is false); write ``results.json``, ``tables.md``,
+    the time series' data in ``timeseries.json`` and, if ``plots``, ``capacity.png`` and
+    ``timeseries_<model>_<policy>.png``. Files are replaced atomically, so a report
+    rewritten while a benchmark runs is never seen half written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = console or Console(width=max(Console().width, 150))
-    for model in dict.fromkeys(r.model for r in records):
-        con.print(model_table(model, records))
-    if records:
-        con.print(summary_table(records))
+    if show:
+        con = console or Console(width=max(Console().width, 150))
+        for model in dict.fromkeys(r.model for r in records):
+            con.print(model_table(model, records))
+        if records:
+            con.print(summary_table(records))
     doc = {
         "bench": bench,
         **(meta or {}),
@@ -199,18 +215,25 @@ def write_report(
         "records": [r.to_json() for r in records],
     }
     path = out_dir / "results.json"
-    path.write_text(json.dumps(_clean(doc), indent=1, default=_json_default) + "\n")
-    (out_dir / "tables.md").write_text(markdown_tables(records))
-    if records:
+    _write_atomic(path, json.dumps(_clean(doc), indent=1, default=_json_default) + "\n")
+    _write_atomic(out_dir / "tables.md", markdown_tables(records))
+    if records and plots:
         plot_capacity(records, out_dir / "capacity.png")
     series: dict[str, list[dict[str, Any]]] = {}
     for (model, policy), ws in (timeseries or {}).items():
         safe = model.replace("/", "_")
-        plot_timeseries(model, policy, ws, out_dir / f"timeseries_{safe}_{policy}.png")
+        if plots:
+            plot_timeseries(model, policy, ws, out_dir / f"timeseries_{safe}_{policy}.png")
         series[f"{model}|{policy}"] = [_window_json(w) for w in ws]
     if series:
-        (out_dir / "timeseries.json").write_text(json.dumps(_clean(series)) + "\n")
+        _write_atomic(out_dir / "timeseries.json", json.dumps(_clean(series)) + "\n")
     return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _window_json(w: WindowRecord) -> dict[str, Any]:

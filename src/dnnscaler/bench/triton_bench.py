@@ -2,9 +2,12 @@
 
 Per model, in one run: an oracle sweep over a reduced grid (capacity of each config by
 bisection on the open-loop Poisson rate, p-th percentile measured on the client side), then a
-staircase per policy with the real controller and agent in this process over loopback gRPC,
-all against the same Triton. Figures are those of ``docs/results``: online capacity, ratio to
-oracle / aimd / paper, violation rate, settle windows, knob changes, failed requests.
+staircase per policy with the real controller and agent in this process over loopback gRPC.
+The sweep and every staircase run get a Triton of their own, started fresh, so that a server
+that crashed or hung under overload cannot spoil the next run; a failed run is recorded
+(capacity 0, its error) and the bench goes on. Figures are those of ``docs/results``: online
+capacity, ratio to oracle / aimd / paper, violation rate, settle windows, knob changes,
+failed requests.
 
 The load generator shares the box with Triton, so absolute numbers depend on the machine;
 ratios measured side by side in one run are what the report quotes.
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -336,45 +341,179 @@ def record_for(
     )
 
 
+def failed_record(
+    model: str,
+    policy: str,
+    start_knobs: Knobs,
+    oracle: ConfigCapacity,
+    slo: Slo,
+    cfg: TritonBenchConfig,
+    error: str,
+) -> BenchRecord:
+    """The record of a staircase run that raised: capacity 0, ``error`` says why. Its
+    violation rate is unknown (NaN, ``null`` in results.json)."""
+    return BenchRecord(
+        model=model,
+        policy=policy,
+        approach="failed",
+        final_knobs=start_knobs,
+        online_capacity_rps=0.0,
+        oracle_capacity_rps=round(oracle.capacity_rps, 2),
+        oracle_knobs=oracle.knobs,
+        ratio_to_oracle=0.0 if oracle.capacity_rps > 0 else None,
+        violation_rate=float("nan"),
+        settle_windows=None,
+        failed_requests=0,
+        knob_changes=0,
+        slo_ms=slo.latency_ms,
+        percentile=slo.percentile,
+        window_s=cfg.window_s,
+        error=error,
+    )
+
+
+def describe_error(exc: BaseException, limit: int = 800) -> str:
+    """``Type: message`` on one line (with any notes), at most ``limit`` characters."""
+    parts = [str(exc), *getattr(exc, "__notes__", ())]
+    text = " | ".join(x.strip() for part in parts for x in part.splitlines() if x.strip())
+    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+@dataclass
+class BenchServer:
+    """A freshly started Triton for one oracle sweep or one staircase run."""
+
+    grpc_url: str
+    metrics_url: str | None
+    setup: Any  # a started TritonBackend on this server, for applying knobs
+    triton: Any = None  # the LocalTriton, to tell whether it died
+
+    def death_note(self) -> str | None:
+        """A line on the server's death (with its log's tail), or None while it runs."""
+        t = self.triton
+        if t is None or t.running():
+            return None
+        tail = " | ".join(x.strip() for x in t.log_tail(3).splitlines() if x.strip())
+        return "tritonserver is no longer running" + (f" (log tail: {tail})" if tail else "")
+
+
+@contextlib.asynccontextmanager
+async def start_server(
+    repo: Path, models: Sequence[str], workdir: Path
+) -> AsyncIterator[BenchServer]:
+    """A new LocalTriton serving ``models`` from ``repo`` in its own ``workdir``, with a
+    started setup backend; both stopped on exit. An exception from the body gets a note
+    when the server died meanwhile (a crash under overload, say)."""
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.triton.launcher import LocalTriton
+
+    async with LocalTriton(repo, list(models), workdir=workdir) as triton:
+        setup = TritonBackend(triton.grpc_url, metrics_url=triton.metrics_url)
+        server = BenchServer(triton.grpc_url, triton.metrics_url, setup, triton)
+        try:
+            await setup.start()
+            yield server
+        except Exception as exc:
+            note = server.death_note()
+            if note:
+                exc.add_note(note)
+            raise
+        finally:
+            try:
+                await setup.close()
+            except Exception as exc:  # the run's own outcome matters more
+                log.warning("bench.setup_close_failed", error=describe_error(exc))
+
+
 @dataclass
 class TritonBenchResult:
     records: list[BenchRecord]
     oracles: dict[str, list[ConfigCapacity]]
     runs: dict[tuple[str, str], OnlineRun]
     seconds: float
+    # One entry per failed oracle sweep or staircase run: model, policy (None for an oracle
+    # sweep), stage ("oracle" or "staircase") and the error.
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def run_triton_bench(
-    cfg: TritonBenchConfig, progress: Callable[[str], None] = lambda s: None
+    cfg: TritonBenchConfig,
+    progress: Callable[[str], None] = lambda s: None,
+    on_update: Callable[[TritonBenchResult], None] | None = None,
 ) -> TritonBenchResult:
-    from dnnscaler.agents.backends.triton import TritonBackend
+    """Every model's oracle sweep, then its staircase per policy; each on a Triton of its
+    own, started fresh (a crash cannot leak into the next run; every policy starts from the
+    same state). A sweep or run that raises is logged and recorded, and the bench goes on:
+    a failed run gets a record with capacity 0 and its ``error``; a failed sweep skips the
+    model's policies. ``on_update`` gets the result so far after each run and failure."""
     from dnnscaler.triton.demo_models import write_repository
-    from dnnscaler.triton.launcher import LocalTriton
 
     t_start = time.monotonic()
     records: list[BenchRecord] = []
     oracles: dict[str, list[ConfigCapacity]] = {}
     runs: dict[tuple[str, str], OnlineRun] = {}
+    errors: list[dict[str, Any]] = []
+
+    def snapshot() -> TritonBenchResult:
+        return TritonBenchResult(
+            with_ratios(records),
+            dict(oracles),
+            dict(runs),
+            time.monotonic() - t_start,
+            list(errors),
+        )
+
+    def update() -> None:
+        if on_update is None:
+            return
+        try:
+            on_update(snapshot())
+        except Exception as exc:  # a partial write is best effort
+            progress(f"partial report not written: {describe_error(exc)}")
+
+    def failed(model: str, policy: str | None, stage: str, exc: Exception) -> str:
+        err = describe_error(exc)
+        what = f"{model} {policy}" if policy else f"{model} oracle sweep"
+        progress(f"{what}: FAILED {err}")
+        log.warning("bench.run_failed", model=model, policy=policy, stage=stage, error=err)
+        errors.append({"model": model, "policy": policy, "stage": stage, "error": err})
+        return err
+
     with tempfile.TemporaryDirectory(prefix="dnnscaler-bench-") as tmp:
         repo = Path(tmp) / "models"
         write_repository(repo, list(cfg.models))
-        async with LocalTriton(repo, list(cfg.models), workdir=Path(tmp) / "triton") as triton:
-            setup = TritonBackend(triton.grpc_url, metrics_url=triton.metrics_url)
-            await setup.start()
+        n_servers = 0
+
+        def workdir(tag: str) -> Path:
+            nonlocal n_servers
+            n_servers += 1
+            return Path(tmp) / f"triton-{n_servers:02d}-{tag}"
+
+        for model in cfg.models:
+            slo = cfg.slo_for(model)
             try:
-                for model in cfg.models:
-                    slo = cfg.slo_for(model)
-                    default_knobs = (await _info(setup, model)).knobs
-                    sweep = await oracle_sweep(triton.grpc_url, setup, model, slo, cfg, progress)
-                    oracles[model] = sweep
-                    best = max(sweep, key=lambda c: c.capacity_rps)
-                    for pol in cfg.policies:
-                        static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
-                        progress(f"{model}: staircase {pol}")
+                async with start_server(repo, [model], workdir(f"{model}-oracle")) as srv:
+                    default_knobs = (await _info(srv.setup, model)).knobs
+                    sweep = await oracle_sweep(srv.grpc_url, srv.setup, model, slo, cfg, progress)
+                if not sweep:
+                    raise ValueError(f"{model}: no config of the grid is within the model's limits")
+            except Exception as exc:
+                failed(model, None, "oracle", exc)
+                update()
+                continue
+            oracles[model] = sweep
+            best = max(sweep, key=lambda c: c.capacity_rps)
+            for pol in cfg.policies:
+                static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
+                progress(f"{model}: staircase {pol}")
+                run: OnlineRun | None = None
+                try:
+                    async with start_server(repo, [model], workdir(f"{model}-{pol}")) as srv:
                         run = await run_staircase(
-                            triton.grpc_url,
-                            triton.metrics_url,
-                            setup,
+                            srv.grpc_url,
+                            srv.metrics_url,
+                            srv.setup,
                             model,
                             pol,
                             default_knobs,
@@ -384,12 +523,19 @@ async def run_triton_bench(
                             static_knobs=static,
                             progress=progress,
                         )
-                        runs[(model, pol)] = run
-                        records.append(record_for(model, run, best, slo, cfg))
-                    await apply_and_wait(setup, model, default_knobs)
-            finally:
-                await setup.close()
-    return TritonBenchResult(with_ratios(records), oracles, runs, time.monotonic() - t_start)
+                except Exception as exc:
+                    if run is None:
+                        err = failed(model, pol, "staircase", exc)
+                        records.append(
+                            failed_record(model, pol, default_knobs, best, slo, cfg, err)
+                        )
+                    else:  # the run finished; only stopping its server went wrong
+                        log.warning("bench.server_stop_failed", error=describe_error(exc))
+                if run is not None:
+                    runs[(model, pol)] = run
+                    records.append(record_for(model, run, best, slo, cfg))
+                update()
+    return snapshot()
 
 
 def oracle_rows(oracles: dict[str, list[ConfigCapacity]]) -> list[dict[str, Any]]:
@@ -446,15 +592,41 @@ def add_triton_parser(sub: Any) -> None:
     p.add_argument("--percentile", type=float, default=99.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", help="oracle grid as B1,B2,...xN1,N2,... (e.g. 1,4,16x1,2,4)")
-    p.add_argument("--step-frac", type=float, help="staircase step as a share of oracle capacity")
-    p.add_argument("--step-windows", type=int, default=8, help="control windows per step")
+    p.add_argument(
+        "--step-frac", type=float, help="staircase step as a share of oracle capacity, in (0, 1]"
+    )
+    p.add_argument(
+        "--step-windows", type=int, help="control windows per step (default 8; 4 with --quick)"
+    )
     p.set_defaults(func=cmd_triton)
+
+
+def parse_grid(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``B1,B2,...xN1,N2,...`` as (batch sizes, instance counts): positive integers, both
+    lists non-empty. Raises ValueError with a message for the user."""
+    form = "expected B1,B2,...xN1,N2,... (e.g. 1,4,16x1,2,4)"
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2:
+        raise ValueError(f"{form}, got {text!r}")
+    out = []
+    for part, what in zip(parts, ("batch sizes", "instance counts"), strict=True):
+        if not part.strip():
+            raise ValueError(f"no {what} in {text!r}; {form}")
+        values = []
+        for item in part.split(","):
+            item = item.strip()
+            if not re.fullmatch(r"[0-9]+", item):
+                shown = repr(item) if item else "an empty value"
+                raise ValueError(f"{what}: {shown} is not a positive integer (in {text!r})")
+            if int(item) < 1:
+                raise ValueError(f"{what}: {item} is not a positive integer (in {text!r})")
+            values.append(int(item))
+        out.append(tuple(values))
+    return out[0], out[1]
 
 
 def _names(arg: str, valid: Sequence[str], option: str) -> tuple[str, ...] | None:
     """Comma-separated names checked against ``valid``; prints the error and gives None."""
-    import sys
-
     names = tuple(x for x in arg.split(",") if x)
     unknown = [x for x in names if x not in valid]
     if unknown or not names:
@@ -465,10 +637,13 @@ def _names(arg: str, valid: Sequence[str], option: str) -> tuple[str, ...] | Non
     return names
 
 
-def cmd_triton(args: Any) -> int:
-    from rich.console import Console
+def _usage(option: str, message: str) -> int:
+    print(f"bench triton: {option}: {message}", file=sys.stderr)
+    return 2
 
-    from dnnscaler.bench.report import write_report
+
+def config_from_args(args: Any) -> TritonBenchConfig | int:
+    """The bench config the options ask for, or exit code 2 after printing what is wrong."""
     from dnnscaler.triton.demo_models import DEMO_MODELS
 
     models = _names(args.models, tuple(DEMO_MODELS), "--models")
@@ -476,35 +651,56 @@ def cmd_triton(args: Any) -> int:
     if models is None or policies is None:
         return 2
     cfg = quick_config(models) if args.quick else TritonBenchConfig(models=models)
-    if args.grid:
-        bs, ns = args.grid.split("x")
-        cfg = replace(
-            cfg,
-            batch_grid=tuple(int(x) for x in bs.split(",")),
-            instance_grid=tuple(int(x) for x in ns.split(",")),
-        )
-    if args.step_frac:
-        cfg = replace(
-            cfg,
-            staircase=replace(
-                cfg.staircase, step_frac=args.step_frac, step_windows=args.step_windows
-            ),
-        )
-    slo_ms = {mm: (args.slo_ms or DEFAULT_SLO_MS.get(mm, 60.0)) for mm in models}
-    cfg = replace(cfg, policies=policies, percentile=args.percentile, seed=args.seed, slo_ms=slo_ms)
+    if args.grid is not None:
+        try:
+            batch_grid, instance_grid = parse_grid(args.grid)
+        except ValueError as exc:
+            return _usage("--grid", str(exc))
+        cfg = replace(cfg, batch_grid=batch_grid, instance_grid=instance_grid)
+    step_frac = getattr(args, "step_frac", None)
+    if step_frac is not None:
+        if not 0 < step_frac <= 1:
+            return _usage("--step-frac", f"must be in (0, 1], got {step_frac:g}")
+        cfg = replace(cfg, staircase=replace(cfg.staircase, step_frac=step_frac))
+    step_windows = getattr(args, "step_windows", None)
+    if step_windows is not None:
+        if step_windows < 1:
+            return _usage("--step-windows", f"must be at least 1, got {step_windows}")
+        cfg = replace(cfg, staircase=replace(cfg.staircase, step_windows=step_windows))
+    slo_ms = {
+        mm: (args.slo_ms if args.slo_ms is not None else DEFAULT_SLO_MS.get(mm, 60.0))
+        for mm in models
+    }
     Slo(latency_ms=min(slo_ms.values()), percentile=args.percentile)  # validates, names the field
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=170)
-    result = asyncio.run(run_triton_bench(cfg, progress=lambda s: console.log(s)))
-    write_report(
+    return replace(
+        cfg, policies=policies, percentile=args.percentile, seed=args.seed, slo_ms=slo_ms
+    )
+
+
+def write_triton_report(
+    result: TritonBenchResult,
+    cfg: TritonBenchConfig,
+    out: Path,
+    console: Any,
+    *,
+    complete: bool,
+) -> Path:
+    """``results.json`` and the rest of the report; a partial one (``complete=False``, after
+    each run) skips the tables on the console and the PNGs."""
+    from dnnscaler.bench.report import write_report
+
+    return write_report(
         result.records,
-        args.out,
+        out,
         bench="triton",
         meta={
+            "complete": complete,
             "seconds": round(result.seconds, 1),
+            "errors": result.errors,
             "oracle_sweep": oracle_rows(result.oracles),
             "config": {
+                "models": cfg.models,
+                "policies": cfg.policies,
                 "batch_grid": cfg.batch_grid,
                 "instance_grid": cfg.instance_grid,
                 "probe_s": cfg.probe_s,
@@ -515,9 +711,35 @@ def cmd_triton(args: Any) -> int:
             (mm, p): run.windows for (mm, p), run in result.runs.items() if p == "dnnscaler"
         },
         console=console,
+        plots=complete,
+        show=complete,
     )
-    console.print(f"bench triton: {result.seconds:.0f} s; wrote {args.out / 'results.json'}")
-    return 0
+
+
+def cmd_triton(args: Any) -> int:
+    """Run the bench; 0 when every sweep and run finished, 1 when some failed (the report
+    then lists them), 2 on a bad option."""
+    from rich.console import Console
+
+    cfg = config_from_args(args)
+    if isinstance(cfg, int):
+        return cfg
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
+
+    def partial(res: TritonBenchResult) -> None:
+        write_triton_report(res, cfg, args.out, console, complete=False)
+
+    result = asyncio.run(
+        run_triton_bench(cfg, progress=lambda s: console.log(s, markup=False), on_update=partial)
+    )
+    path = write_triton_report(result, cfg, args.out, console, complete=True)
+    for e in result.errors:
+        what = e["model"] + (f" {e['policy']}" if e["policy"] else " oracle sweep")
+        console.print(f"FAILED {what}: {e['error']}", style="red", markup=False, highlight=False)
+    console.print(f"bench triton: {result.seconds:.0f} s; wrote {path}")
+    return 1 if result.errors else 0
 
 
 async def converge(

@@ -1,0 +1,260 @@
+"""``dnnscaler bench triton`` without servers: option checks, and a failed run or oracle
+sweep recorded while the bench goes on (servers, sweeps and staircases are fakes)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dnnscaler.agents.backend import ModelInfo
+from dnnscaler.bench import metrics as m
+from dnnscaler.bench import triton_bench as tb
+from dnnscaler.bench.cli import register
+from dnnscaler.core.types import KnobLimits, Knobs
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dnnscaler")
+    register(parser.add_subparsers(dest="cmd", required=True))
+    return parser.parse_args(["bench", "triton", *argv])
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("1,4,16x1,2,4", ((1, 4, 16), (1, 2, 4))),
+        ("8x2", ((8,), (2,))),
+        (" 1, 2 X 3 ", ((1, 2), (3,))),
+    ],
+)
+def test_parse_grid(text: str, want: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    assert tb.parse_grid(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("1,2", "expected B1,B2"),
+        ("1x2x3", "expected B1,B2"),
+        ("", "expected B1,B2"),
+        ("ax1", "batch sizes: 'a' is not a positive integer"),
+        ("0,4x1", "batch sizes: 0 is not a positive integer"),
+        ("1,2x", "no instance counts"),
+        ("x1", "no batch sizes"),
+        ("1,,2x1", "an empty value"),
+        ("1x-1", "instance counts: '-1'"),
+        ("1.5x1", "'1.5'"),
+    ],
+)
+def test_parse_grid_rejects(text: str, says: str) -> None:
+    with pytest.raises(ValueError) as err:
+        tb.parse_grid(text)
+    assert says in str(err.value)
+
+
+@pytest.fixture
+def no_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake_run_triton_bench(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a bad option must stop before the bench starts")
+
+    monkeypatch.setattr(tb, "run_triton_bench", fake_run_triton_bench)
+
+
+@pytest.mark.usefixtures("no_bench")
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--grid", "1,2"], "bench triton: --grid: expected B1,B2"),
+        (["--grid", "ax1"], "bench triton: --grid: batch sizes: 'a'"),
+        (["--grid", "0,4x1"], "bench triton: --grid: batch sizes: 0"),
+        (["--grid", "1,2x"], "bench triton: --grid: no instance counts"),
+        (["--step-frac", "0"], "bench triton: --step-frac: must be in (0, 1]"),
+        (["--step-frac", "1.5"], "bench triton: --step-frac: must be in (0, 1]"),
+        (["--step-frac", "nan"], "bench triton: --step-frac: must be in (0, 1]"),
+        (["--step-windows", "0"], "bench triton: --step-windows: must be at least 1"),
+    ],
+)
+def test_bad_options_exit_2(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args([*argv, "--out", str(tmp_path)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_options_reach_the_config() -> None:
+    args = _args(["--quick", "--grid", "2,8x1,3", "--step-frac", "0.2", "--step-windows", "6"])
+    cfg = tb.config_from_args(args)
+    assert isinstance(cfg, tb.TritonBenchConfig)
+    assert cfg.batch_grid == (2, 8) and cfg.instance_grid == (1, 3)
+    assert cfg.staircase.step_frac == 0.2 and cfg.staircase.step_windows == 6
+    quick = tb.config_from_args(_args(["--quick", "--step-frac", "0.5"]))
+    assert isinstance(quick, tb.TritonBenchConfig)
+    assert quick.staircase.step_windows == 4  # --quick's own, not the full bench's
+
+
+# -- failures during the bench -------------------------------------------------------------
+
+
+class FakeSetup:
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(name, Knobs(1, 1, 0), KnobLimits()) for name in ("serial_io", "wide_mlp")]
+
+
+class Fakes:
+    """Fake servers, sweeps and staircases; ``failing`` policies and models raise."""
+
+    def __init__(self, failing_policies: Sequence[str] = (), failing_oracles: Sequence[str] = ()):
+        self.failing_policies = set(failing_policies)
+        self.failing_oracles = set(failing_oracles)
+        self.workdirs: list[Path] = []
+        self.staircase_calls: list[tuple[str, str]] = []
+        self.seen_on_disk: list[list[str]] = []  # policies in results.json when a run starts
+        self.out: Path | None = None
+
+    @contextlib.asynccontextmanager
+    async def start_server(
+        self, repo: Path, models: Sequence[str], workdir: Path
+    ) -> AsyncIterator[tb.BenchServer]:
+        assert workdir not in self.workdirs, "every server gets its own workdir"
+        self.workdirs.append(workdir)
+        yield tb.BenchServer(f"fake:{len(self.workdirs)}", None, FakeSetup())
+
+    async def oracle_sweep(
+        self, url: str, backend: Any, model: str, *a: Any, **k: Any
+    ) -> list[tb.ConfigCapacity]:
+        if model in self.failing_oracles:
+            raise TimeoutError("DEADLINE_EXCEEDED")
+        return [
+            tb.ConfigCapacity(Knobs(1, 1, 0), 40.0),
+            tb.ConfigCapacity(Knobs(8, 2, 2000), 100.0),
+        ]
+
+    async def run_staircase(
+        self, url: str, metrics_url: Any, setup: Any, model: str, policy: str, start: Knobs,
+        *a: Any, **k: Any,
+    ) -> tb.OnlineRun:  # fmt: skip
+        self.staircase_calls.append((model, policy))
+        if self.out is not None and (self.out / "results.json").exists():
+            doc = json.loads((self.out / "results.json").read_text())
+            self.seen_on_disk.append([r["policy"] for r in doc["records"]])
+        if policy in self.failing_policies:
+            raise RuntimeError("boom: server went away")
+        steps = [m.StepResult(50.0, 10.0, True), m.StepResult(60.0, 90.0, False)]
+        return tb.OnlineRun(policy, [], [], steps, 1, 0, "batching", Knobs(8, 2, 2000))
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(tb, "start_server", self.start_server)
+        monkeypatch.setattr(tb, "oracle_sweep", self.oracle_sweep)
+        monkeypatch.setattr(tb, "run_staircase", self.run_staircase)
+
+
+POLICIES = ("dnnscaler", "aimd", "static-default", "oracle")
+
+
+async def test_a_failed_run_is_recorded_and_the_bench_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fakes = Fakes(failing_policies=["aimd"])
+    fakes.install(monkeypatch)
+    cfg = tb.quick_config(["serial_io"])
+    cfg = replace(cfg, policies=POLICIES)
+    progress: list[str] = []
+    updates: list[tb.TritonBenchResult] = []
+    res = await tb.run_triton_bench(cfg, progress=progress.append, on_update=updates.append)
+
+    assert [r.policy for r in res.records] == list(POLICIES)
+    assert fakes.staircase_calls == [("serial_io", p) for p in POLICIES]
+    assert len(fakes.workdirs) == 1 + len(POLICIES)  # a fresh server per sweep and per run
+    recs = {r.policy: r for r in res.records}
+    bad = recs["aimd"]
+    assert bad.online_capacity_rps == 0 and bad.approach == "failed"
+    assert bad.error is not None and "RuntimeError: boom" in bad.error
+    assert bad.oracle_capacity_rps == 100.0 and bad.ratio_to_oracle == 0.0
+    for pol in ("dnnscaler", "static-default", "oracle"):
+        assert recs[pol].error is None and recs[pol].online_capacity_rps == 50.0
+        assert recs[pol].ratio_to_aimd is None  # no ratio to a failed run's capacity 0
+    assert set(res.runs) == {("serial_io", p) for p in POLICIES if p != "aimd"}
+    assert res.errors == [
+        {"model": "serial_io", "policy": "aimd", "stage": "staircase", "error": bad.error}
+    ]
+    assert any("aimd" in s and "FAILED RuntimeError: boom" in s for s in progress)
+    assert [len(u.records) for u in updates] == [1, 2, 3, 4]
+
+
+async def test_a_failed_oracle_sweep_skips_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes = Fakes(failing_oracles=["serial_io"])
+    fakes.install(monkeypatch)
+    cfg = replace(tb.quick_config(["serial_io", "wide_mlp"]), policies=("dnnscaler", "aimd"))
+    res = await tb.run_triton_bench(cfg)
+    assert [(r.model, r.policy) for r in res.records] == [
+        ("wide_mlp", "dnnscaler"),
+        ("wide_mlp", "aimd"),
+    ]
+    assert list(res.oracles) == ["wide_mlp"]
+    assert len(res.errors) == 1
+    e = res.errors[0]
+    assert (e["model"], e["policy"], e["stage"]) == ("serial_io", None, "oracle")
+    assert e["error"] == "TimeoutError: DEADLINE_EXCEEDED"
+
+
+def test_cmd_triton_writes_partial_reports_and_marks_failures(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes = Fakes(failing_policies=["aimd"])
+    fakes.out = tmp_path
+    fakes.install(monkeypatch)
+    pols = "dnnscaler,aimd,static-default"
+    args = _args(["--quick", "--models", "serial_io", "--policies", pols, "--out", str(tmp_path)])
+    assert args.func(args) == 1  # the report is complete, but a run failed
+    # Each run started with the previous runs already on disk.
+    assert fakes.seen_on_disk == [["dnnscaler"], ["dnnscaler", "aimd"]]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["complete"] is True
+    recs = {r["policy"]: r for r in doc["records"]}
+    assert recs["aimd"]["online_capacity_rps"] == 0
+    assert "RuntimeError: boom" in recs["aimd"]["error"]
+    assert recs["aimd"]["violation_rate"] is None
+    assert recs["dnnscaler"]["error"] is None
+    assert [e["policy"] for e in doc["errors"]] == ["aimd"]
+    assert "aimd FAILED: RuntimeError: boom" in (tmp_path / "tables.md").read_text()
+    assert (tmp_path / "capacity.png").exists()
+    assert "FAILED serial_io aimd" in capsys.readouterr().out
+
+
+class FakeTriton:
+    def __init__(self, running: bool) -> None:
+        self._running = running
+
+    def running(self) -> bool:
+        return self._running
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "I1 loaded\nSignal (11) received.\n\n"
+
+
+def test_error_descriptions() -> None:
+    alive = tb.BenchServer("u", None, FakeSetup(), FakeTriton(running=True))
+    assert alive.death_note() is None
+    dead = tb.BenchServer("u", None, FakeSetup(), FakeTriton(running=False))
+    note = dead.death_note()
+    assert note is not None and "no longer running" in note and "Signal (11)" in note
+    exc = RuntimeError("first line\nsecond line")
+    exc.add_note(note)
+    text = tb.describe_error(exc)
+    assert text.startswith("RuntimeError: first line | second line | tritonserver is no")
+    assert "\n" not in text
+    assert tb.describe_error(TimeoutError()) == "TimeoutError"
+    assert len(tb.describe_error(ValueError("x" * 5000))) == 800
