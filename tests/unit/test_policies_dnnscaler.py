@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -136,6 +136,45 @@ def test_surface_learns_the_batching_slope_from_batch_statistics() -> None:
         s = s.observe(w, 1, float(t), memory_s=60.0)
     assert abs(s.alpha - 0.2) < 0.02
     assert abs(s.curve(1)[0] - 8.0) < 0.5
+
+
+def test_surface_learns_the_slope_across_windows_of_one_batch_size_each() -> None:
+    # Under an overload every batch is full: each window runs one size. The slope must still
+    # be learned from a change of size (here a per-item cost, alpha = 1), not stay the prior.
+    s = Surface()
+    for t, b in enumerate((8, 8, 16, 16), start=1):
+        w = WindowStats(window_s=1.0, completed=8 * b, batch_stats={b: BatchStat(8, 10.0 * b)})
+        s = s.observe(w, 1, float(t), memory_s=60.0)
+    assert abs(s.alpha - 1.0) < 0.05
+
+
+def test_the_first_window_after_a_stalling_reload_sets_no_ceiling() -> None:
+    # A reload stalled the server for a window; the next one drains what queued meanwhile and
+    # its tail breaks the SLO. That is the change's cost: the config gets no ceiling and the
+    # policy does not move away from it.
+    policy = DnnScalerPolicy()
+    limits = KnobLimits(max_batch_size=16, max_instances=4)
+    slo = Slo(50.0, 99.0)
+
+    def o(t: float, knobs: Knobs, thr: float, p99: float, pending: int) -> Observation:
+        w = WindowStats(
+            window_s=1.0,
+            completed=int(thr),
+            throughput_rps=thr,
+            latency_p99_ms=p99,
+            pending_requests=pending,
+            batch_stats={4: BatchStat(int(thr) // 4, 8.0)},
+        )
+        return Observation(t, "m", slo, knobs, limits, w)
+
+    k = Knobs(8, 2, 0)
+    state = policy.initial_state(o(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
+    state = replace(state, target=k, changed_s=0.0, in_force_s=None)
+    d = policy.decide(o(1.0, k, 3.0, 90.0, 40), state)  # the stall: in force, measuring
+    d = policy.decide(o(2.0, k, 620.0, 92.0, 5), d.state)  # drains the stall's backlog
+    assert d.knobs == k
+    assert "draining" in d.reason
+    assert all(r.ceiling_rps == 0.0 for r in d.state.records)
 
 
 def test_batch_grid() -> None:

@@ -51,6 +51,7 @@ EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest coun
 KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
 UNTRIED_GAIN = 0.1  # predicted gain a planned move to a config never run needs
 DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
+STALL_SHARE = 0.5  # a window serving under this share of the next one's rate was a stall
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class DnnScalerState:
     slo_percentile: float = 0.0
     records: tuple[ConfigRecord, ...] = ()
     last_pending: int = 0
+    last_throughput_rps: float = 0.0  # the previous window's (a stall shows as a drop)
     plan_key: str = ""
     plan: tuple[PlanEntry, ...] = ()
     plan_s: float = 0.0
@@ -142,6 +144,8 @@ class DnnScalerPolicy:
 
     def decide(self, obs: Observation, state: DnnScalerState) -> Decision[DnnScalerState]:
         n_fit = instances_that_fit(obs.limits, obs.knobs.instances, obs.instance_memory_mb, obs.gpu)
+        prev_throughput = state.last_throughput_rps
+        state = replace(state, last_throughput_rps=obs.window.throughput_rps)
         if (obs.slo.latency_ms, obs.slo.percentile) != (state.slo_ms, state.slo_percentile):
             state = replace(
                 state,
@@ -164,7 +168,8 @@ class DnnScalerPolicy:
             state = replace(state, target=target, changed_s=obs.now_s, in_force_s=obs.now_s)
             return self._hold(state, "the previous change was not applied; re-planning")
         if state.in_force_s is None:
-            state = replace(state, in_force_s=obs.now_s)
+            pending = obs.window.pending_requests or 0
+            state = replace(state, in_force_s=obs.now_s, last_pending=pending)
             return self._hold(state, "change in force; measuring")
         w = obs.window
         pending = w.pending_requests or 0
@@ -183,10 +188,15 @@ class DnnScalerPolicy:
         slo = obs.slo.latency_ms
         over = latency > slo
         shrink = state.last_pending - pending
-        if (
-            latency > OVERLOAD_TAIL * slo
-            and w.pending_requests is not None
-            and shrink > DRAIN_SHARE * w.completed
+        # The first full window after a change that stalled the server (a Triton reload
+        # serves next to nothing for seconds) still serves what queued meanwhile: a tail
+        # over the SLO there, with the backlog shrinking, is the change's cost, not this
+        # config's.
+        first = obs.now_s - w.window_s < state.in_force_s + 0.5 * w.window_s
+        stalled = first and prev_throughput < STALL_SHARE * w.throughput_rps
+        if w.pending_requests is not None and (
+            (latency > OVERLOAD_TAIL * slo and shrink > DRAIN_SHARE * w.completed)
+            or (stalled and latency > slo and shrink > 0)
         ):
             # The backlog shrinks: the config in force serves more than arrives, and the
             # tail is the wait the backlog inherited (from a previous config or a burst).
@@ -254,6 +264,7 @@ class DnnScalerPolicy:
                         or (p.max_batch_size, p.instances) in good
                     ),
                     key=lambda p: p.capacity_rps,
+                    default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
                 )
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")

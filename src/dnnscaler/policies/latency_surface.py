@@ -3,8 +3,10 @@
 Model: a batch of ``b`` with ``m`` instances busy takes ``L(m) * (1 + alpha (b - 1))``, capped
 below by a throughput roofline ``m b / peak``.
 
-- ``alpha`` (batching slope) comes from windows that executed several batch sizes: a
-  count-weighted regression ``compute = p + q b`` per window gives ``alpha = q / (p + q)``.
+- ``alpha`` (batching slope) comes from a count-weighted regression ``compute = p + q b``
+  over every batch executed (decayed sums, pooled across windows per instance count, so that
+  a change of batch size teaches it even when each window ran a single size, as under an
+  overload): ``alpha = q / (p + q)``.
 - ``L(m)`` comes from every window: its compute times normalised by ``1 + alpha (b - 1)``,
   attributed to the busy count the batches saw. The mean busy count is ``U = busy time /
   window``; a batch sees ``m = 1 + U (n - 1) / n`` (its own plus the others, binomial).
@@ -68,15 +70,16 @@ class Surface:
     """Decayed evidence about the surface; ``bins[m-1]`` holds (weight, weighted sum of L)."""
 
     updated_s: float | None = None
-    alpha_w: float = ALPHA_PRIOR_WEIGHT
-    alpha_sum: float = ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT
+    # Per instance count n (index n-1): decayed (sum w, sum w b, sum w b^2, sum w c,
+    # sum w b c) over executed batches, w the execution count, c the mean compute time.
+    slope: tuple[tuple[float, float, float, float, float], ...] = ()
     bin_w: tuple[float, ...] = ()
     bin_sum: tuple[float, ...] = ()
     peak_seen_rps: float = 0.0
 
     @property
     def alpha(self) -> float:
-        return min(1.5, max(0.0, self.alpha_sum / self.alpha_w)) if self.alpha_w > 0 else 0.3
+        return _alpha(self.slope)
 
     @property
     def known(self) -> bool:
@@ -148,30 +151,22 @@ class Surface:
         size = max(instances, len(self.bin_w))
         bw = list(self.bin_w) + [0.0] * (size - len(self.bin_w))
         bs = list(self.bin_sum) + [0.0] * (size - len(self.bin_sum))
-        aw, asum = self.alpha_w, self.alpha_sum
+        zero = (0.0, 0.0, 0.0, 0.0, 0.0)
+        sl = list(self.slope) + [zero] * (max(instances, len(self.slope)) - len(self.slope))
         if self.updated_s is not None:
             decay = 0.5 ** (max(0.0, now_s - self.updated_s) / memory_s)
             bw = [x * decay for x in bw]
             bs = [x * decay for x in bs]
-            aw, asum = aw * decay, asum * decay
-        # Batching slope from this window's spread of batch sizes.
+            sl = [_scaled(r, decay) for r in sl]
         execs = sum(s.count for _, s in stats)
-        if len(stats) >= 2:
-            mb = sum(b * s.count for b, s in stats) / execs
-            var = sum(s.count * (b - mb) ** 2 for b, s in stats) / execs
-            if var > 0.05:
-                mc = sum(s.compute_ms_mean * s.count for _, s in stats) / execs
-                cov = sum(s.count * (b - mb) * (s.compute_ms_mean - mc) for b, s in stats) / execs
-                q = cov / var
-                p = mc - q * mb
-                if p + q > 0:
-                    # With several instances, bigger batches coincide with busier GPUs:
-                    # the slope is confounded with contention, so those windows count less.
-                    confounded = 1.0 if instances == 1 else CONFOUNDED_WEIGHT
-                    a_w = confounded * min(execs, 200) * min(var, 4.0) / 4.0
-                    aw += a_w
-                    asum += a_w * min(1.5, max(0.0, q / (p + q)))
-        a = min(1.5, max(0.0, asum / aw)) if aw > 0 else ALPHA_PRIOR
+        # Batching slope: this window's batches join the pooled regression of its count.
+        s0, s1, s2, sc, sbc = sl[instances - 1]
+        for b, st in stats:
+            c = st.compute_ms_mean
+            s0, s1, s2 = s0 + st.count, s1 + st.count * b, s2 + st.count * b * b
+            sc, sbc = sc + st.count * c, sbc + st.count * b * c
+        sl[instances - 1] = (s0, s1, s2, sc, sbc)
+        a = _alpha(tuple(sl))
         busy_ms = sum(s.count * s.compute_ms_mean for _, s in stats)
         util = busy_ms / max(1e-6, w.window_s * 1000.0)
         m_seen = 1.0 + min(util, float(instances)) * (instances - 1) / instances
@@ -186,6 +181,7 @@ class Surface:
                 keep = 0.2
                 bw = [x * keep for x in bw]
                 bs = [x * keep for x in bs]
+                sl = [_scaled(r, keep) for r in sl]
         wt = min(1.0, execs / 20.0)
         for m_bin, share in ((lo_bin, 1.0 - frac), (min(lo_bin + 1, size), frac)):
             if share > 0:
@@ -196,9 +192,40 @@ class Surface:
         return replace(
             self,
             updated_s=now_s,
-            alpha_w=aw,
-            alpha_sum=asum,
+            slope=tuple(sl),
             bin_w=tuple(bw),
             bin_sum=tuple(bs),
             peak_seen_rps=max(self.peak_seen_rps * (0.5 ** (1.0 / memory_s)), seen),
         )
+
+
+def _scaled(
+    r: tuple[float, float, float, float, float], k: float
+) -> tuple[float, float, float, float, float]:
+    return (r[0] * k, r[1] * k, r[2] * k, r[3] * k, r[4] * k)
+
+
+def _alpha(slope: tuple[tuple[float, float, float, float, float], ...]) -> float:
+    """Batching slope from the pooled regressions, shrunk toward the prior.
+
+    With several instances, bigger batches coincide with busier GPUs: the slope is
+    confounded with contention, so those regressions count less.
+    """
+    w_tot = ALPHA_PRIOR_WEIGHT
+    a_tot = ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT
+    for n, (s0, s1, s2, sc, sbc) in enumerate(slope, start=1):
+        if s0 < 2.0:
+            continue
+        mb = s1 / s0
+        var = s2 / s0 - mb * mb
+        if var <= 0.05:
+            continue
+        q = (sbc / s0 - mb * sc / s0) / var
+        p = sc / s0 - q * mb
+        if p + q <= 0:
+            continue
+        confounded = 1.0 if n == 1 else CONFOUNDED_WEIGHT
+        w = confounded * s0 * min(var, 4.0) / 4.0
+        w_tot += w
+        a_tot += w * min(1.5, max(0.0, q / (p + q)))
+    return min(1.5, max(0.0, a_tot / w_tot))
