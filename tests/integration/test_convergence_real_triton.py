@@ -38,16 +38,18 @@ MODELS = ("wide_mlp", "serial_io", "resnet_small")
 SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def triton():
+@pytest_asyncio.fixture(loop_scope="module")
+async def triton(request: pytest.FixtureRequest):
+    """A Triton of its own per model: a server crash cannot spill into the next model."""
     from dnnscaler.agents.backends.triton import TritonBackend
     from dnnscaler.triton.demo_models import write_repository
     from dnnscaler.triton.launcher import LocalTriton
 
+    model = request.node.callspec.params["model"]
     with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
         repo = Path(tmp) / "models"
-        write_repository(repo, list(MODELS))
-        async with LocalTriton(repo, list(MODELS), workdir=Path(tmp) / "t") as t:
+        write_repository(repo, [model])
+        async with LocalTriton(repo, [model], workdir=Path(tmp) / "t") as t:
             setup = TritonBackend(t.grpc_url, metrics_url=t.metrics_url)
             await setup.start()
             yield t, setup

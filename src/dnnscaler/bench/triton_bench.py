@@ -161,12 +161,42 @@ async def measure_capacity(
 def grid(cfg: TritonBenchConfig, info: ModelInfo) -> list[Knobs]:
     bs = sorted({b for b in cfg.batch_grid if b <= info.limits.max_batch_size})
     ns = sorted({n for n in cfg.instance_grid if n <= info.limits.max_instances})
-    delay = 0
-    return [
-        Knobs(b, n, delay if b == 1 else min(2000, info.limits.max_queue_delay_us))
-        for b in bs
-        for n in ns
-    ]
+    # Queue delay 0, as every policy here runs and as the sim's oracle: with instances busy,
+    # batches form from what queued meanwhile. (A 2 ms delay gained nothing on these models
+    # and a reload with one set preceded a Triton 2.51 SIGSEGV under load.)
+    return [Knobs(b, n, 0) for b in bs for n in ns]
+
+
+@contextlib.asynccontextmanager
+async def untraced(url: str) -> AsyncIterator[None]:
+    """Request tracing off on the server meanwhile (restored on exit if it was on).
+
+    Triton 2.51 with request tracing on corrupts its heap (SIGSEGV/SIGABRT in
+    ``TRITONBACKEND_RequestRelease``) or hangs when Python-backend models with 2+ instances
+    execute batches under a saturating load: 2 runs of 2 crashed or hung in a closed loop at
+    32 in flight on ``wide_mlp`` b8 n2, 0 of 16 without tracing (2026-11-29). Client-side
+    measurements (oracle sweeps, side-by-side ladders) need no server traces, so they run
+    without; only the agent's per-window tail needs them.
+    """
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        before = await client.get_trace_settings(as_json=True, client_timeout=10)
+        level = before.get("settings", {}).get("trace_level", {}).get("value", ["OFF"])
+        was_on = [x for x in level if x != "OFF"]
+        if was_on:
+            await client.update_trace_settings(settings={"trace_level": ["OFF"]}, client_timeout=10)
+        try:
+            yield
+        finally:
+            if was_on:
+                with contextlib.suppress(Exception):  # a dead server has nothing to restore
+                    await client.update_trace_settings(
+                        settings={"trace_level": was_on}, client_timeout=10
+                    )
+    finally:
+        await client.close()
 
 
 async def oracle_sweep(
@@ -179,9 +209,10 @@ async def oracle_sweep(
 ) -> list[ConfigCapacity]:
     info = await _info(backend, model)
     out = []
-    for k in grid(cfg, info):
-        progress(f"{model}: oracle b{k.max_batch_size} n{k.instances}")
-        out.append(await measure_capacity(url, backend, model, k, slo, cfg))
+    async with untraced(url):
+        for k in grid(cfg, info):
+            progress(f"{model}: oracle b{k.max_batch_size} n{k.instances}")
+            out.append(await measure_capacity(url, backend, model, k, slo, cfg))
     return out
 
 
@@ -811,24 +842,25 @@ async def side_by_side(
     caps = {"a": 0.0, "b": 0.0}
     fails = {"a": 0, "b": 0}
     log_rows: list[dict[str, Any]] = []
-    for i in range(max_steps):
-        rate = start_rps * (1 + step_frac) ** i
-        if max_rps is not None and rate > max_rps:
-            break
-        for key, knobs in (("a", a), ("b", b)):
-            if fails[key] >= 2:
-                continue
-            await apply_and_wait(backend, model, knobs)
-            lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
-            ok = lat is not None and lat <= slo.latency_ms and errors == 0
-            log_rows.append(
-                {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "ok": ok}
-            )
-            if ok:
-                caps[key] = max(caps[key], rate)
-                fails[key] = 0
-            else:
-                fails[key] += 1
-        if fails["a"] >= 2 and fails["b"] >= 2:
-            break
+    async with untraced(url):
+        for i in range(max_steps):
+            rate = start_rps * (1 + step_frac) ** i
+            if max_rps is not None and rate > max_rps:
+                break
+            for key, knobs in (("a", a), ("b", b)):
+                if fails[key] >= 2:
+                    continue
+                await apply_and_wait(backend, model, knobs)
+                lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
+                ok = lat is not None and lat <= slo.latency_ms and errors == 0
+                log_rows.append(
+                    {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "ok": ok}
+                )
+                if ok:
+                    caps[key] = max(caps[key], rate)
+                    fails[key] = 0
+                else:
+                    fails[key] += 1
+            if fails["a"] >= 2 and fails["b"] >= 2:
+                break
     return caps["a"], caps["b"], log_rows
