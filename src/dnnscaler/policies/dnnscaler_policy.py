@@ -51,6 +51,8 @@ EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest coun
 KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
 UNTRIED_GAIN = 0.1  # predicted gain a planned move to a config never run needs
 DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
+MARGINAL_OVER = 1.2  # a single window this little over the SLO may be noise
+ROOMY = 1.25  # ... when the config is predicted to carry this many times the load
 STALL_SHARE = 0.5  # a window serving under this share of the next one's rate was a stall
 
 
@@ -205,6 +207,35 @@ class DnnScalerPolicy:
                 replace(state, surface=surface, last_pending=pending, recent_moves_s=moves),
                 f"draining a backlog of {pending} requests (p{obs.slo.percentile:g} "
                 f"{latency:.1f}ms / SLO {slo:.1f}ms)",
+            )
+        planned = next(
+            (
+                p.capacity_rps
+                for p in state.plan
+                if (p.max_batch_size, p.instances) == (target.max_batch_size, target.instances)
+            ),
+            0.0,
+        )
+        if (
+            over
+            and latency <= MARGINAL_OVER * slo
+            and state.over_windows == 0
+            and planned >= ROOMY * load
+        ):
+            # One window a little over the SLO after a passing one, at a load well inside
+            # what the config is predicted to carry: a window's p99 rests on its slowest few
+            # requests, so this is likely noise (a host hiccup). Watch one more window before
+            # recording a ceiling or moving; a second one acts.
+            return self._hold(
+                replace(
+                    state,
+                    surface=surface,
+                    last_pending=pending,
+                    over_windows=1,
+                    recent_moves_s=moves,
+                ),
+                f"one window over the SLO, watching (p{obs.slo.percentile:g} {latency:.1f}ms"
+                f" / SLO {slo:.1f}ms)",
             )
         clear = latency <= CLEAR_PASS * slo
         records = update_records(
