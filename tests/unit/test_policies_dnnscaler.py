@@ -148,33 +148,51 @@ def test_surface_learns_the_slope_across_windows_of_one_batch_size_each() -> Non
     assert abs(s.alpha - 1.0) < 0.05
 
 
+def _window_obs(t: float, knobs: Knobs, thr: float, p99: float, pending: int) -> Observation:
+    """A one-second window at ``knobs`` (batches of 4 taking 8 ms), SLO p99 <= 50 ms."""
+    w = WindowStats(
+        window_s=1.0,
+        completed=int(thr),
+        throughput_rps=thr,
+        latency_p99_ms=p99,
+        pending_requests=pending,
+        batch_stats={4: BatchStat(int(thr) // 4, 8.0)},
+    )
+    limits = KnobLimits(max_batch_size=16, max_instances=4)
+    return Observation(t, "m", Slo(50.0, 99.0), knobs, limits, w)
+
+
 def test_the_first_window_after_a_stalling_reload_sets_no_ceiling() -> None:
     # A reload stalled the server for a window; the next one drains what queued meanwhile and
     # its tail breaks the SLO. That is the change's cost: the config gets no ceiling and the
     # policy does not move away from it.
     policy = DnnScalerPolicy()
-    limits = KnobLimits(max_batch_size=16, max_instances=4)
-    slo = Slo(50.0, 99.0)
-
-    def o(t: float, knobs: Knobs, thr: float, p99: float, pending: int) -> Observation:
-        w = WindowStats(
-            window_s=1.0,
-            completed=int(thr),
-            throughput_rps=thr,
-            latency_p99_ms=p99,
-            pending_requests=pending,
-            batch_stats={4: BatchStat(int(thr) // 4, 8.0)},
-        )
-        return Observation(t, "m", slo, knobs, limits, w)
-
     k = Knobs(8, 2, 0)
-    state = policy.initial_state(o(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
+    state = policy.initial_state(_window_obs(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
     state = replace(state, target=k, changed_s=0.0, in_force_s=None)
-    d = policy.decide(o(1.0, k, 3.0, 90.0, 40), state)  # the stall: in force, measuring
-    d = policy.decide(o(2.0, k, 620.0, 92.0, 5), d.state)  # drains the stall's backlog
+    d = policy.decide(_window_obs(1.0, k, 3.0, 90.0, 40), state)  # the stall: measuring
+    d = policy.decide(_window_obs(2.0, k, 620.0, 92.0, 5), d.state)  # drains its backlog
     assert d.knobs == k
     assert "draining" in d.reason
     assert all(r.ceiling_rps == 0.0 for r in d.state.records)
+
+
+def test_one_marginal_window_at_a_roomy_load_is_watched_and_a_second_acts() -> None:
+    # At a load far inside the config's predicted capacity, one window 5 % over the SLO is
+    # watched (no ceiling, no move); a second one in a row is acted on (ceiling recorded).
+    policy = DnnScalerPolicy()
+    k = Knobs(8, 2, 0)
+    d = None
+    state = policy.initial_state(_window_obs(0.0, k, 300.0, 20.0, 0))
+    for t in range(1, 12):
+        d = policy.decide(_window_obs(float(t), k, 300.0, 20.0, 0), state)
+        state = d.state
+    assert d is not None and d.knobs == k
+    d = policy.decide(_window_obs(12.0, k, 300.0, 52.5, 0), state)
+    assert d.knobs == k and "watching" in d.reason
+    assert all(r.ceiling_rps == 0.0 for r in d.state.records)
+    d = policy.decide(_window_obs(13.0, k, 300.0, 52.5, 0), d.state)
+    assert any(r.ceiling_rps > 0.0 for r in d.state.records)
 
 
 def test_batch_grid() -> None:
