@@ -258,3 +258,22 @@ def test_error_descriptions() -> None:
     assert "\n" not in text
     assert tb.describe_error(TimeoutError()) == "TimeoutError"
     assert len(tb.describe_error(ValueError("x" * 5000))) == 800
+
+
+def test_server_stall_is_noted_only_for_a_long_silence_under_load() -> None:
+    from dnnscaler.bench.online import WindowRecord
+    from dnnscaler.bench.triton_bench import STALL_WINDOWS, server_stall
+    from dnnscaler.core.types import Knobs
+
+    def w(t: float, rate: float, done: int) -> WindowRecord:
+        return WindowRecord(t, rate, 50.0, done, 0, float(done), None, Knobs(8, 2), "x", False)
+
+    serving = [w(float(t), 300.0, 300) for t in range(10)]
+    assert server_stall(serving) is None
+    short = serving + [w(10.0 + t, 300.0, 0) for t in range(STALL_WINDOWS - 1)] + serving
+    assert server_stall(short) is None
+    idle = [w(float(t), 0.0, 0) for t in range(10)]  # nothing offered: no stall
+    assert server_stall(idle) is None
+    hung = serving + [w(10.0 + t, 300.0, 0) for t in range(STALL_WINDOWS)]
+    note = server_stall(hung)
+    assert note is not None and "t=10s" in note and "b8" in note.replace("max_batch_size=", "b")

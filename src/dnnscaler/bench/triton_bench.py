@@ -369,7 +369,32 @@ def record_for(
         slo_ms=slo.latency_ms,
         percentile=slo.percentile,
         window_s=cfg.window_s,
+        error=server_stall(run.windows),
     )
+
+
+STALL_WINDOWS = 5
+
+
+def server_stall(windows: Sequence[WindowRecord]) -> str | None:
+    """A note when the server completed nothing for ``STALL_WINDOWS`` windows or more in a
+    row while load was offered (Triton 2.51 hangs this way, see docs/triton.md), else None:
+    such a run measures the server's fault, not the policy."""
+    run, start = 0, 0.0
+    for w in windows:
+        if w.rate_rps > 0 and w.completed == 0:
+            if run == 0:
+                start = w.t_s
+            run += 1
+            if run >= STALL_WINDOWS:
+                return (
+                    f"server stalled: no request completed from t={start:.0f}s "
+                    f"({sum(1 for x in windows if x.t_s >= start and x.completed == 0)} "
+                    f"windows at {w.knobs})"
+                )
+        else:
+            run = 0
+    return None
 
 
 def failed_record(
