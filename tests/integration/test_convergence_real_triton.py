@@ -21,11 +21,15 @@ from dnnscaler.bench.triton_bench import (
 )
 from dnnscaler.core.types import Slo
 
-# Known gap (issue #4 stays open): on 2026-11-29 the default policy converged on wide_mlp to
-# b4 n3 (661 rps) vs the oracle's b8 n2 (1020 rps) side by side, ratio 0.65; it explores one
-# instance past the 2 CPU cores because the compute times it measures there do not show the
-# contention. serial_io passed (1.24). The test still runs in CI and prints its ratios;
-# non-strict xfail so that it is reported without blocking. Remove the mark once it passes.
+# Known gap (issue #4 stays open). Latest full run (2026-11-29 18:49, one Triton per model,
+# tracing off for the sweep and the ladder): serial_io converged to b2 n4 at 335 rps against
+# the oracle's b1 n4 at 335 (1.00); resnet_small converged to b16 n3 at 1391 rps against
+# b8 n2 at 1496 (0.93). wide_mlp converged to b4 n3 at 655 rps against b8 n2 at 1087
+# (0.60): one window just over the SLO sent it to untried instance counts. The policy now
+# watches such a window first; two direct runs after that fix converged to b8 n2, the
+# oracle's config. Triton 2.51 can also crash or hang mid-run with request tracing on and
+# 2+ instances (docs/triton.md). So the test stays non-strict xfail: it runs in CI and
+# reports, without blocking. Remove the mark once it passes reliably.
 pytestmark = [
     pytest.mark.xfail(strict=False, reason="default policy below 0.9 x oracle on real Triton"),
     pytest.mark.slow,
