@@ -72,7 +72,7 @@ async def test_agent_p99_matches_client_p99(
             await asyncio.sleep(WINDOW_S)
             client = gen.window()
             server = {w.info.name: w.window for w in await backend.observe()}[model]
-            assert client.errors == 0 and server.failed == 0
+            assert client.errors == 0 and server.failed == 0, gen.last_error
             assert client.latency_p99_ms is not None
             assert server.latency_p99_ms is not None, "the agent must report a p99"
             assert server.latency_p50_ms is not None and server.latency_p95_ms is not None
