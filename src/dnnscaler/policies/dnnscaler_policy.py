@@ -295,7 +295,6 @@ class DnnScalerPolicy:
                         or (p.max_batch_size, p.instances) in good
                     ),
                     key=lambda p: p.capacity_rps,
-                    default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
                 )
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
