@@ -4,7 +4,9 @@ Observe: the repository index (READY models), each model's config as read back f
 server (the knobs actually in force), per-window statistics by differencing the cumulative
 inference statistics (reset on a full reload is handled), tail latency from Triton's
 request trace files when the server writes them on this host, and the pending-request
-gauge from the metrics endpoint.
+gauge from the metrics endpoint. For CPU-kind models on a local server, the host CPU busy
+share (``device_busy_share``): on a CPU the cores are the device, and a saturated one gains
+nothing from another instance.
 
 Apply: validate against the model's declared limits first (``KnobRejected`` before any
 call), then ``get_model_config`` → edit → ``load_model(config=...)`` with the whole config
@@ -27,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -48,6 +50,7 @@ from dnnscaler.agents.backend import (
     ModelInfo,
     ModelWindow,
 )
+from dnnscaler.agents.host_cpu import HostCpuMeter
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, InvalidValue, KnobLimits, Knobs, WindowStats
 from dnnscaler.triton.model_config import (
@@ -58,6 +61,7 @@ from dnnscaler.triton.model_config import (
     config_with_knobs,
     declared_from_config,
     knobs_from_config,
+    runs_on_cpu,
 )
 from dnnscaler.triton.statistics import Cumulative
 from dnnscaler.triton.tracing import TracedRequest, TraceReader, percentiles_ms
@@ -122,6 +126,8 @@ class TritonBackend:
     them when the path is on this host; a path forces one; ``None`` disables tail latency
     from traces (percentiles are then ``None``). ``memory_budget_mb`` caps the sum of
     ``instances * instance_memory_mb`` over all models (CPU hosts have no NVML).
+    ``cpu_meter``: ``"auto"`` reads this host's CPUs when the server is on loopback (its
+    CPU-kind instances then run here); ``None`` never reports a device busy share.
     """
 
     kind = "triton"
@@ -142,6 +148,7 @@ class TritonBackend:
         add_transport_overhead: bool = True,
         overhead_probes: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        cpu_meter: HostCpuMeter | Literal["auto"] | None = "auto",
     ) -> None:
         self.grpc_url = grpc_url
         self.metrics_url = metrics_url
@@ -164,6 +171,9 @@ class TritonBackend:
         self._started_s: float | None = None
         self._was_down = False
         self._log = log.bind(backend="triton", url=grpc_url)
+        if cpu_meter == "auto":
+            cpu_meter = HostCpuMeter() if self._is_local() else None
+        self._cpu = cpu_meter
 
     # -- connection --------------------------------------------------------------------
     @property
@@ -403,6 +413,7 @@ class TritonBackend:
             if st is not None:
                 st.traced.append(req)
         pending_gauge = await self._pending_requests()
+        cpu_busy = self._cpu.sample() if self._cpu is not None else None
         overhead_ms = await self._transport_overhead_ms() if traced else 0.0
         now = self._clock()
         out: list[ModelWindow] = []
@@ -432,6 +443,8 @@ class TritonBackend:
                 st.traced = [r for r in st.traced if r.end_ns > st.prev_observe_ns]
             st.prev_observe_ns = now_ns
             window = self._window(delta, st.traced, window_s, pending_gauge.get(name), overhead_ms)
+            if cpu_busy is not None and runs_on_cpu(st.config):
+                window = replace(window, device_busy_share=cpu_busy)
             total_rate += window.throughput_rps
             st.traced = []
             out.append(ModelWindow(infos[name], window))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_window_round_trip_keeps_unknowns_unknown() -> None:
     back = window_from_pb(window_to_pb(w))
     assert back == w
     assert back.latency_p50_ms is None and back.pending_requests is None
+    assert back.device_busy_share is None
+    busy = replace(w, device_busy_share=0.93)
+    assert window_from_pb(window_to_pb(busy)) == busy
 
 
 def test_telemetry_absent_is_none_not_zero() -> None:
@@ -56,6 +60,11 @@ def test_hostile_window_values_become_unknown() -> None:
     assert w.window_s == 0.0 and w.throughput_rps == 0.0
     assert w.latency_p99_ms is None and w.latency_p95_ms is None
     assert dict(w.batch_stats) == {}
+    for share in (1.5, -0.1, math.nan):
+        assert (
+            window_from_pb(common_pb2.WindowStats(device_busy_share=share)).device_busy_share
+            is None
+        )
 
 
 def test_knobs_from_wire_reject_zero() -> None:

@@ -343,3 +343,72 @@ def test_explores_instances_one_measured_step_at_a_time() -> None:
         if dec.knobs != k:
             break
     assert dec.knobs.instances == 2  # it did explore
+
+
+def _rising_load_run(busy: float | None) -> list[Knobs]:
+    """b8 n2 under a load rising past its capacity (960 rps), the device at ``busy``."""
+    policy = DnnScalerPolicy()
+    limits = KnobLimits(max_batch_size=16, max_instances=4)
+    k, state, pending, out = Knobs(8, 2, 0), None, 0, []
+    for t in range(1, 30):
+        load = 600.0 + 20.0 * t
+        thr = min(load, 960.0)
+        pending += int(load - thr)
+        w = WindowStats(
+            window_s=1.0,
+            completed=int(thr),
+            throughput_rps=thr,
+            latency_p99_ms=30.0 if load < 900 else load - 870.0,
+            pending_requests=pending,
+            batch_stats={8: BatchStat(int(thr) // 8, 16.0 * min(1.0, thr / 900.0))},
+            device_busy_share=busy if busy is None or thr >= 900 else 0.8,
+        )
+        o = Observation(float(t), "m", Slo(50.0, 99.0), k, limits, w)
+        state = policy.initial_state(o) if state is None else state
+        dec = policy.decide(o, state)
+        state, k = dec.state, dec.knobs
+        out.append(k)
+    return out
+
+
+def test_a_saturated_device_gets_no_more_instances() -> None:
+    # On a device whose compute is all in use (2 instances on 2 CPU cores), a third instance
+    # only time-shares it. Without the busy share the contention prior (GPU curves) promises
+    # a gain and the overload guard adds an instance; with it, the policy stays at 2.
+    assert max(k.instances for k in _rising_load_run(None)) > 2
+    assert max(k.instances for k in _rising_load_run(0.97)) == 2
+
+
+def test_surface_bounds_contention_past_a_saturated_busy_count() -> None:
+    def learn(busy: float | None) -> Surface:
+        s = Surface()
+        for t in range(1, 6):
+            # 2 instances, ~1.95 busy: 122 batches of 16 ms in a second.
+            w = WindowStats(
+                window_s=1.0,
+                completed=976,
+                batch_stats={8: BatchStat(122, 16.0)},
+                device_busy_share=busy,
+            )
+            s = s.observe(w, 2, float(t), memory_s=60.0)
+        return s
+
+    free, busy = learn(None), learn(0.97)
+    assert free.saturated_m is None
+    m_s = busy.saturated_m
+    assert m_s is not None and 1.9 < m_s <= 2.0
+    c_free, c_busy = free.curve(4), busy.curve(4)
+    assert c_free[2] < 1.4 * c_free[1]  # the prior: a third instance nearly free
+    for m in (3, 4):
+        assert c_busy[m - 1] >= c_busy[1] * m / 2.0 * 0.98  # time-sharing: L grows with m
+    # Spare compute at that busy count later (the co-located load left) clears the bound.
+    s = busy
+    for t in range(6, 9):
+        w = WindowStats(
+            window_s=1.0,
+            completed=976,
+            batch_stats={8: BatchStat(122, 16.0)},
+            device_busy_share=0.5,
+        )
+        s = s.observe(w, 2, float(t), memory_s=60.0)
+    assert s.saturated_m is None

@@ -13,6 +13,7 @@ from dnnscaler.triton.model_config import (
     config_with_knobs,
     declared_from_config,
     knobs_from_config,
+    runs_on_cpu,
 )
 
 
@@ -96,3 +97,11 @@ def test_config_with_knobs_over_several_groups() -> None:
 )
 def test_change_kind(old: Knobs, new: Knobs, kind: ChangeKind) -> None:
     assert change_kind(old, new) is kind
+
+
+def test_runs_on_cpu_only_when_every_group_is_cpu() -> None:
+    assert runs_on_cpu(_cfg())
+    assert not runs_on_cpu(_cfg(instance_group=[{"count": 1, "kind": "KIND_GPU"}]))
+    mixed = [{"count": 1, "kind": "KIND_CPU"}, {"count": 1, "kind": "KIND_GPU"}]
+    assert not runs_on_cpu(_cfg(instance_group=mixed))
+    assert not runs_on_cpu(_cfg(instance_group=[]))

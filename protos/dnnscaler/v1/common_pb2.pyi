@@ -69,7 +69,7 @@ class BatchStat(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., count: _Optional[int] = ..., compute_ms_mean: _Optional[float] = ...) -> None: ...
 
 class WindowStats(_message.Message):
-    __slots__ = ("window_s", "completed", "failed", "throughput_rps", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_mean_ms", "compute_mean_ms", "pending_requests", "batch_stats")
+    __slots__ = ("window_s", "completed", "failed", "throughput_rps", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_mean_ms", "compute_mean_ms", "pending_requests", "batch_stats", "device_busy_share")
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class WindowStats(_message.Message):
     COMPUTE_MEAN_MS_FIELD_NUMBER: _ClassVar[int]
     PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_STATS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BUSY_SHARE_FIELD_NUMBER: _ClassVar[int]
     window_s: float
     completed: int
     failed: int
@@ -94,4 +95,5 @@ class WindowStats(_message.Message):
     compute_mean_ms: float
     pending_requests: int
     batch_stats: _containers.RepeatedCompositeFieldContainer[BatchStat]
-    def __init__(self, window_s: _Optional[float] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_mean_ms: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_mean_ms: _Optional[float] = ..., compute_mean_ms: _Optional[float] = ..., pending_requests: _Optional[int] = ..., batch_stats: _Optional[_Iterable[_Union[BatchStat, _Mapping]]] = ...) -> None: ...
+    device_busy_share: float
+    def __init__(self, window_s: _Optional[float] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_mean_ms: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_mean_ms: _Optional[float] = ..., compute_mean_ms: _Optional[float] = ..., pending_requests: _Optional[int] = ..., batch_stats: _Optional[_Iterable[_Union[BatchStat, _Mapping]]] = ..., device_busy_share: _Optional[float] = ...) -> None: ...

@@ -105,6 +105,7 @@ _WINDOW_OPTIONAL = (
     "latency_p99_ms",
     "queue_mean_ms",
     "compute_mean_ms",
+    "device_busy_share",
 )
 
 
@@ -147,4 +148,11 @@ def window_from_pb(m: common_pb2.WindowStats) -> WindowStats:
             for s in m.batch_stats
             if s.batch_size >= 1 and math.isfinite(s.compute_ms_mean) and s.compute_ms_mean >= 0
         },
+        device_busy_share=_share(m, "device_busy_share"),
     )
+
+
+def _share(m: object, name: str) -> float | None:
+    """An optional share in 0..1; anything else from the wire is unknown."""
+    v = _measure(m, name)
+    return v if v is not None and v <= 1.0 else None

@@ -128,6 +128,10 @@ class WindowStats:
     compute_mean_ms: float | None = None
     pending_requests: int | None = None
     batch_stats: Mapping[int, BatchStat] = field(default_factory=dict)
+    # Share (0..1) of the serving device's compute in use, only where that measures spare
+    # capacity (host CPUs for CPU instances); ``None`` for GPUs, whose NVML utilization
+    # counts time with any kernel running and so cannot say whether another instance fits.
+    device_busy_share: float | None = None
 
     def latency_at(self, percentile: float) -> float | None:
         """The best available estimate of the given latency percentile.

@@ -13,6 +13,11 @@ below by a throughput roofline ``m b / peak``.
   Unvisited ``m`` are filled by a rank-2 fit on the basis of the known networks' contention
   curves (the matrix the paper completes: mean row plus two principal components of
   ``data/mt_latency_ms.csv`` scaled by ``k = 1``), ridge-regularised toward the mean curve.
+- A **saturated device** bounds contention from below: where a window at busy count ``m_s``
+  found the device's compute all in use (``device_busy_share`` >= ``SATURATED_BUSY``; only
+  reported where it measures capacity, e.g. host CPUs), ``m > m_s`` instances can only
+  time-share it, so ``L(m) >= L(m_s) m / m_s``. Without it, the prior's contention (the
+  known GPUs') makes a third instance on a 2-core CPU look like a gain.
 - ``peak`` (items/s the GPU can do) starts at ``(1 + PEAK_HEADROOM)`` times the best
   single-knob throughput the model predicts and rises if a window measured more.
 
@@ -40,6 +45,9 @@ SURPRISE = 0.3  # relative disagreement that discounts old evidence
 CONFOUNDED_WEIGHT = 0.1  # weight of multi-instance windows in the batching slope
 OPTIMISM_STEPS = 1  # busy counts beyond the measured ones that get the optimistic trend
 TRUSTED_WEIGHT = 1.0  # bin weight (in full windows) from which a busy count is "measured"
+SATURATED_BUSY = 0.9  # device busy share from which the device counts as saturated
+UNSATURATED_BUSY = 0.75  # below this at the saturated busy count, the saturation is gone
+SATURATION_EVIDENCE = 0.5  # full windows of saturated evidence before it bounds the curve
 
 
 @lru_cache(maxsize=1)
@@ -76,6 +84,14 @@ class Surface:
     bin_w: tuple[float, ...] = ()
     bin_sum: tuple[float, ...] = ()
     peak_seen_rps: float = 0.0
+    # Decayed weight and weighted sum of the busy counts of windows with a saturated device.
+    sat_w: float = 0.0
+    sat_sum: float = 0.0
+
+    @property
+    def saturated_m(self) -> float | None:
+        """The busy count at which the device was measured saturated (None: not seen)."""
+        return self.sat_sum / self.sat_w if self.sat_w >= SATURATION_EVIDENCE else None
 
     @property
     def alpha(self) -> float:
@@ -125,6 +141,13 @@ class Surface:
         reach = min(n_max, m_hi + optimism_steps)
         for m in range(m_hi + 1, reach + 1):
             out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
+        m_s = self.saturated_m
+        if m_s is not None:
+            # Past saturation, instances only time-share the device (see the module doc).
+            l_s = _interp(tuple(out), m_s) if n_max >= 2 else out[0]
+            for m in range(1, n_max + 1):
+                if m > m_s:
+                    out[m - 1] = max(out[m - 1], l_s * m / m_s)
         return tuple(out)
 
     def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
@@ -153,11 +176,13 @@ class Surface:
         bs = list(self.bin_sum) + [0.0] * (size - len(self.bin_sum))
         zero = (0.0, 0.0, 0.0, 0.0, 0.0)
         sl = list(self.slope) + [zero] * (max(instances, len(self.slope)) - len(self.slope))
+        sat_w, sat_sum = self.sat_w, self.sat_sum
         if self.updated_s is not None:
             decay = 0.5 ** (max(0.0, now_s - self.updated_s) / memory_s)
             bw = [x * decay for x in bw]
             bs = [x * decay for x in bs]
             sl = [_scaled(r, decay) for r in sl]
+            sat_w, sat_sum = sat_w * decay, sat_sum * decay
         execs = sum(s.count for _, s in stats)
         # Batching slope: this window's batches join the pooled regression of its count.
         s0, s1, s2, sc, sbc = sl[instances - 1]
@@ -183,6 +208,18 @@ class Surface:
                 bs = [x * keep for x in bs]
                 sl = [_scaled(r, keep) for r in sl]
         wt = min(1.0, execs / 20.0)
+        busy = w.device_busy_share
+        if busy is not None and busy >= SATURATED_BUSY:
+            sat_w, sat_sum = sat_w + wt, sat_sum + wt * m_seen
+        elif (
+            busy is not None
+            and busy < UNSATURATED_BUSY
+            and sat_w > 0
+            and m_seen >= sat_sum / sat_w - 0.25
+        ):
+            # Spare compute at the busy count that saturated it: the device was shared with
+            # work that has gone (a co-located model, a host job).
+            sat_w, sat_sum = sat_w * 0.2, sat_sum * 0.2
         for m_bin, share in ((lo_bin, 1.0 - frac), (min(lo_bin + 1, size), frac)):
             if share > 0:
                 bw[m_bin - 1] += wt * share
@@ -196,6 +233,8 @@ class Surface:
             bin_w=tuple(bw),
             bin_sum=tuple(bs),
             peak_seen_rps=max(self.peak_seen_rps * (0.5 ** (1.0 / memory_s)), seen),
+            sat_w=sat_w,
+            sat_sum=sat_sum,
         )
 
 

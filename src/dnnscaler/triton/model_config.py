@@ -74,6 +74,12 @@ def instance_count(cfg: Mapping[str, Any]) -> int:
     return sum(int(g.get("count", 1)) for g in groups)
 
 
+def runs_on_cpu(cfg: Mapping[str, Any]) -> bool:
+    """Whether every instance group of a (server-resolved) config runs on the CPU."""
+    groups = cfg.get("instance_group") or []
+    return bool(groups) and all(g.get("kind") == "KIND_CPU" for g in groups)
+
+
 def knobs_from_config(cfg: Mapping[str, Any]) -> Knobs:
     """The knobs a config puts in force. A non-batching model (max_batch_size 0) reads as 1."""
     batching = cfg.get("dynamic_batching") or {}
