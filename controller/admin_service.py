@@ -130,7 +130,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served by any agent"
             )
-        self.registry.settings_for(request.model).slo = slo
+        self.registry.edit_settings(request.model).slo = slo
         return admin_pb2.SetSloResponse(
             models=[self._status(lp) for lp in self.registry.loops_for(request.model)]
         )
@@ -170,7 +170,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "knobs: only allowed with policy 'static'"
             )
-        settings = self.registry.settings_for(request.model)
+        settings = self.registry.edit_settings(request.model)
         settings.policy = request.policy
         settings.policy_params = params
         for lp in loops:

@@ -52,10 +52,18 @@ class Registry:
         self.settings: dict[str, ModelSettings] = {}
 
     def settings_for(self, model: str) -> ModelSettings:
+        """The model's settings, or the defaults if none were set. A read stores nothing:
+        only what an operator set is state (and, with persistence, what gets saved)."""
         s = self.settings.get(model)
         if s is None:
-            s = ModelSettings(slo=self.config.default_slo, policy=self.config.default_policy)
-            self.settings[model] = s
+            return ModelSettings(slo=self.config.default_slo, policy=self.config.default_policy)
+        return s
+
+    def edit_settings(self, model: str) -> ModelSettings:
+        """The model's stored settings, created from the defaults: the object to change."""
+        s = self.settings.get(model)
+        if s is None:
+            s = self.settings[model] = self.settings_for(model)
         return s
 
     def loops_for(self, model: str) -> list[ModelLoop]:

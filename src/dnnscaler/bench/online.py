@@ -33,6 +33,7 @@ class WindowRecord:
     knobs: Knobs
     approach: str
     changed: bool
+    reason: str = ""  # the policy's last stated reason (diagnosis of a run from its JSON)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def run_online(
                 knobs=obs.knobs,
                 approach=approach,
                 changed=changed,
+                reason=dec.reason,
             )
         )
         lats.append(lat)

@@ -247,6 +247,7 @@ def _window_json(w: WindowRecord) -> dict[str, Any]:
         "instances": w.knobs.instances,
         "queue_delay_us": w.knobs.queue_delay_us,
         "approach": w.approach,
+        "reason": w.reason,
     }
 
 

@@ -262,7 +262,7 @@ async def run_staircase(
     )
     await controller.start()
     if static_knobs is not None:
-        controller.registry.settings_for(model).policy_params = {"knobs": static_knobs}
+        controller.registry.edit_settings(model).policy_params = {"knobs": static_knobs}
     backend = TritonBackend(url, metrics_url=metrics_url)
     agent = Agent(AgentConfig(controller=controller.address, agent_id=f"bench-{policy}"), backend)
     task = asyncio.create_task(agent.run())
@@ -293,6 +293,7 @@ async def run_staircase(
                 loop = controller.registry.loops_for(model)
                 knobs = loop[0].knobs if loop else start_knobs
                 approach = loop[0].approach.value if loop else "undecided"
+                reason = loop[0].last_reason if loop else ""
                 windows.append(
                     WindowRecord(
                         t_s=round(time.monotonic() - t0, 3),
@@ -305,6 +306,7 @@ async def run_staircase(
                         knobs=knobs,
                         approach=approach,
                         changed=bool(windows) and windows[-1].knobs != knobs,
+                        reason=reason,
                     )
                 )
                 lats.append(raw)
