@@ -99,7 +99,9 @@ async def test_converges_near_oracle(triton, model: str) -> None:
         knobs,
         best.knobs,
         slo,
-        start_rps=0.5 * best.capacity_rps,
+        # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
+        # ladder's low rungs (2 reloads and probes each) were a third of the test's time.
+        start_rps=0.75 * best.capacity_rps,
         max_rps=1.6 * best.capacity_rps,
     )
     await apply_and_wait(setup, model, start)
