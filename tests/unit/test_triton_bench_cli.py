@@ -17,6 +17,7 @@ from dnnscaler.agents.backend import ModelInfo
 from dnnscaler.bench import metrics as m
 from dnnscaler.bench import triton_bench as tb
 from dnnscaler.bench.cli import register
+from dnnscaler.bench.report import markdown_tables
 from dnnscaler.core.types import KnobLimits, Knobs
 
 
@@ -82,6 +83,7 @@ def no_bench(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--step-frac", "1.5"], "bench triton: --step-frac: must be in (0, 1]"),
         (["--step-frac", "nan"], "bench triton: --step-frac: must be in (0, 1]"),
         (["--step-windows", "0"], "bench triton: --step-windows: must be at least 1"),
+        (["--retries", "-1"], "bench triton: --retries: must be at least 0"),
     ],
 )
 def test_bad_options_exit_2(
@@ -100,6 +102,9 @@ def test_options_reach_the_config() -> None:
     assert isinstance(cfg, tb.TritonBenchConfig)
     assert cfg.batch_grid == (2, 8) and cfg.instance_grid == (1, 3)
     assert cfg.staircase.step_frac == 0.2 and cfg.staircase.step_windows == 6
+    assert cfg.retries == 1
+    no_retry = tb.config_from_args(_args(["--retries", "0"]))
+    assert isinstance(no_retry, tb.TritonBenchConfig) and no_retry.retries == 0
     quick = tb.config_from_args(_args(["--quick", "--step-frac", "0.5"]))
     assert isinstance(quick, tb.TritonBenchConfig)
     assert quick.staircase.step_windows == 4  # --quick's own, not the full bench's
@@ -116,9 +121,15 @@ class FakeSetup:
 class Fakes:
     """Fake servers, sweeps and staircases; ``failing`` policies and models raise."""
 
-    def __init__(self, failing_policies: Sequence[str] = (), failing_oracles: Sequence[str] = ()):
+    def __init__(
+        self,
+        failing_policies: Sequence[str] = (),
+        failing_oracles: Sequence[str] = (),
+        failing_once: Sequence[str] = (),
+    ):
         self.failing_policies = set(failing_policies)
         self.failing_oracles = set(failing_oracles)
+        self.failing_once = set(failing_once)  # raise on the first run only
         self.workdirs: list[Path] = []
         self.staircase_calls: list[tuple[str, str]] = []
         self.seen_on_disk: list[list[str]] = []  # policies in results.json when a run starts
@@ -152,6 +163,9 @@ class Fakes:
             self.seen_on_disk.append([r["policy"] for r in doc["records"]])
         if policy in self.failing_policies:
             raise RuntimeError("boom: server went away")
+        if policy in self.failing_once:
+            self.failing_once.discard(policy)
+            raise RuntimeError("boom: server went away")
         steps = [m.StepResult(50.0, 10.0, True), m.StepResult(60.0, 90.0, False)]
         return tb.OnlineRun(policy, [], [], steps, 1, 0, "batching", Knobs(8, 2, 2000))
 
@@ -176,11 +190,14 @@ async def test_a_failed_run_is_recorded_and_the_bench_goes_on(
     res = await tb.run_triton_bench(cfg, progress=progress.append, on_update=updates.append)
 
     assert [r.policy for r in res.records] == list(POLICIES)
-    assert fakes.staircase_calls == [("serial_io", p) for p in POLICIES]
-    assert len(fakes.workdirs) == 1 + len(POLICIES)  # a fresh server per sweep and per run
+    # The failed run is repeated once (retries=1), each time on a fresh server.
+    assert fakes.staircase_calls == [
+        ("serial_io", p) for p in ("dnnscaler", "aimd", "aimd", "static-default", "oracle")
+    ]
+    assert len(fakes.workdirs) == 1 + len(POLICIES) + 1
     recs = {r.policy: r for r in res.records}
     bad = recs["aimd"]
-    assert bad.online_capacity_rps == 0 and bad.approach == "failed"
+    assert bad.online_capacity_rps == 0 and bad.approach == "failed" and bad.attempts == 2
     assert bad.error is not None and "RuntimeError: boom" in bad.error
     assert bad.oracle_capacity_rps == 100.0 and bad.ratio_to_oracle == 0.0
     for pol in ("dnnscaler", "static-default", "oracle"):
@@ -188,10 +205,35 @@ async def test_a_failed_run_is_recorded_and_the_bench_goes_on(
         assert recs[pol].ratio_to_aimd is None  # no ratio to a failed run's capacity 0
     assert set(res.runs) == {("serial_io", p) for p in POLICIES if p != "aimd"}
     assert res.errors == [
-        {"model": "serial_io", "policy": "aimd", "stage": "staircase", "error": bad.error}
+        {
+            "model": "serial_io",
+            "policy": "aimd",
+            "stage": f"staircase attempt {k}",
+            "error": bad.error,
+        }
+        for k in (1, 2)
     ]
     assert any("aimd" in s and "FAILED RuntimeError: boom" in s for s in progress)
     assert [len(u.records) for u in updates] == [1, 2, 3, 4]
+
+
+async def test_a_run_that_fails_once_is_repeated_and_the_repeat_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fakes = Fakes(failing_once=["dnnscaler"])
+    fakes.install(monkeypatch)
+    cfg = replace(tb.quick_config(["serial_io"]), policies=("dnnscaler",))
+    res = await tb.run_triton_bench(cfg)
+    (rec,) = res.records
+    assert rec.error is None and rec.attempts == 2 and rec.online_capacity_rps == 50.0
+    assert [e["stage"] for e in res.errors] == ["staircase attempt 1"]
+    assert "dnnscaler: measured on attempt 2" in markdown_tables(res.records)
+    # Without retries the first failure stands.
+    fakes = Fakes(failing_once=["dnnscaler"])
+    fakes.install(monkeypatch)
+    res = await tb.run_triton_bench(replace(cfg, retries=0))
+    (rec,) = res.records
+    assert rec.error is not None and rec.attempts == 1 and rec.online_capacity_rps == 0
 
 
 async def test_a_failed_oracle_sweep_skips_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,7 +262,8 @@ def test_cmd_triton_writes_partial_reports_and_marks_failures(
     args = _args(["--quick", "--models", "serial_io", "--policies", pols, "--out", str(tmp_path)])
     assert args.func(args) == 1  # the report is complete, but a run failed
     # Each run started with the previous runs already on disk.
-    assert fakes.seen_on_disk == [["dnnscaler"], ["dnnscaler", "aimd"]]
+    # (aimd's repeat starts before its record exists: a run is recorded once, when final.)
+    assert fakes.seen_on_disk == [["dnnscaler"], ["dnnscaler"], ["dnnscaler", "aimd"]]
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["complete"] is True
     recs = {r["policy"]: r for r in doc["records"]}
@@ -228,7 +271,7 @@ def test_cmd_triton_writes_partial_reports_and_marks_failures(
     assert "RuntimeError: boom" in recs["aimd"]["error"]
     assert recs["aimd"]["violation_rate"] is None
     assert recs["dnnscaler"]["error"] is None
-    assert [e["policy"] for e in doc["errors"]] == ["aimd"]
+    assert [e["policy"] for e in doc["errors"]] == ["aimd", "aimd"]
     assert "aimd FAILED: RuntimeError: boom" in (tmp_path / "tables.md").read_text()
     assert (tmp_path / "capacity.png").exists()
     assert "FAILED serial_io aimd" in capsys.readouterr().out

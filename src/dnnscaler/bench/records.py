@@ -46,6 +46,7 @@ class BenchRecord:
     low_staircase: bool = False  # capacity measured on the staircase starting at 5 %
     scenarios: tuple[ScenarioResult, ...] = field(default_factory=tuple)
     error: str | None = None  # the run failed (exception type and message); capacity 0
+    attempts: int = 1  # runs made (a run whose server crashed or stalled is repeated)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

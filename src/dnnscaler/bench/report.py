@@ -70,6 +70,7 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
             col, justify="left" if col in ("policy", "approach", "final knobs") else "right"
         )
     notes = [f"{r.policy} FAILED: {r.error}" for r in rs if r.error]
+    notes += [_repeated(r) for r in rs if r.attempts > 1 and not r.error]
     if any(r.low_staircase for r in rs):
         notes.append("* capacity from the low staircase (starting at 5 % of the oracle's capacity)")
     if notes:
@@ -157,9 +158,14 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
     s_rows = ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in summ]
     note = "\n\n\\* capacity from the low staircase (starting at 5 % of the oracle's capacity).\n"
     failures = [f"- {r.model} {r.policy} FAILED: {r.error}" for r in records if r.error]
+    failures += [f"- {r.model} {_repeated(r)}" for r in records if r.attempts > 1 and not r.error]
     if failures:
         note += "\n" + "\n".join(failures) + "\n"
     return head + "\n".join(rows) + note + "\n" + s_head + "\n".join(s_rows) + "\n"
+
+
+def _repeated(r: BenchRecord) -> str:
+    return f"{r.policy}: measured on attempt {r.attempts} (the earlier ones failed; see errors)"
 
 
 def _cell(v: Any) -> str:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ class TritonBenchConfig:
         )
     )
     seed: int = 0
+    # A staircase run whose server crashed or stalled (Triton 2.51's tracing bug, see
+    # docs/triton.md) is repeated this many times on a fresh server; every attempt's failure
+    # is kept in the report's ``errors``.
+    retries: int = 1
 
     def slo_for(self, model: str) -> Slo:
         return Slo(latency_ms=self.slo_ms.get(model, 60.0), percentile=self.percentile)
@@ -378,6 +383,19 @@ def record_for(
 STALL_WINDOWS = 5
 
 
+async def with_retries(
+    attempt: Callable[[int], Awaitable[tuple[BenchRecord, OnlineRun | None]]], retries: int
+) -> tuple[BenchRecord, OnlineRun | None]:
+    """``attempt(1)``, then again (``attempt(2)``, ...) while its record has an ``error``, at
+    most ``retries`` more times; the last attempt's result."""
+    k = 1
+    rec, run = await attempt(k)
+    while rec.error and k <= retries:
+        k += 1
+        rec, run = await attempt(k)
+    return rec, run
+
+
 def server_stall(windows: Sequence[WindowRecord]) -> str | None:
     """A note when the server completed nothing for ``STALL_WINDOWS`` windows or more in a
     row while load was offered (Triton 2.51 hangs this way, see docs/triton.md), else None:
@@ -548,6 +566,46 @@ async def run_triton_bench(
             n_servers += 1
             return Path(tmp) / f"triton-{n_servers:02d}-{tag}"
 
+        async def attempt(
+            model: str,
+            pol: str,
+            static: Knobs | None,
+            default_knobs: Knobs,
+            best: ConfigCapacity,
+            slo: Slo,
+            k: int,
+        ) -> tuple[BenchRecord, OnlineRun | None]:
+            """One staircase run of ``pol`` on a fresh server (attempt ``k``)."""
+            progress(f"{model}: staircase {pol}" + (f" (attempt {k})" if k > 1 else ""))
+            run: OnlineRun | None = None
+            try:
+                async with start_server(repo, [model], workdir(f"{model}-{pol}-{k}")) as srv:
+                    run = await run_staircase(
+                        srv.grpc_url,
+                        srv.metrics_url,
+                        srv.setup,
+                        model,
+                        pol,
+                        default_knobs,
+                        slo,
+                        best.capacity_rps,
+                        cfg,
+                        static_knobs=static,
+                        progress=progress,
+                    )
+            except Exception as exc:
+                if run is None:
+                    err = failed(model, pol, f"staircase attempt {k}", exc)
+                    rec = failed_record(model, pol, default_knobs, best, slo, cfg, err)
+                    return replace(rec, attempts=k), None
+                # The run finished; only stopping its server went wrong.
+                log.warning("bench.server_stop_failed", error=describe_error(exc))
+            assert run is not None
+            rec = replace(record_for(model, run, best, slo, cfg), attempts=k)
+            if rec.error:
+                failed(model, pol, f"staircase attempt {k}", RuntimeError(rec.error))
+            return rec, run
+
         for model in cfg.models:
             slo = cfg.slo_for(model)
             try:
@@ -564,34 +622,14 @@ async def run_triton_bench(
             best = max(sweep, key=lambda c: c.capacity_rps)
             for pol in cfg.policies:
                 static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
-                progress(f"{model}: staircase {pol}")
-                run: OnlineRun | None = None
-                try:
-                    async with start_server(repo, [model], workdir(f"{model}-{pol}")) as srv:
-                        run = await run_staircase(
-                            srv.grpc_url,
-                            srv.metrics_url,
-                            srv.setup,
-                            model,
-                            pol,
-                            default_knobs,
-                            slo,
-                            best.capacity_rps,
-                            cfg,
-                            static_knobs=static,
-                            progress=progress,
-                        )
-                except Exception as exc:
-                    if run is None:
-                        err = failed(model, pol, "staircase", exc)
-                        records.append(
-                            failed_record(model, pol, default_knobs, best, slo, cfg, err)
-                        )
-                    else:  # the run finished; only stopping its server went wrong
-                        log.warning("bench.server_stop_failed", error=describe_error(exc))
+
+                rec, run = await with_retries(
+                    functools.partial(attempt, model, pol, static, default_knobs, best, slo),
+                    cfg.retries,
+                )
                 if run is not None:
                     runs[(model, pol)] = run
-                    records.append(record_for(model, run, best, slo, cfg))
+                records.append(rec)
                 update()
     return snapshot()
 
@@ -655,6 +693,12 @@ def add_triton_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--step-windows", type=int, help="control windows per step (default 8; 4 with --quick)"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=TritonBenchConfig.retries,
+        help="repeat a run whose server crashed or stalled up to this many times (default 1)",
     )
     p.set_defaults(func=cmd_triton)
 
@@ -725,6 +769,10 @@ def config_from_args(args: Any) -> TritonBenchConfig | int:
         if step_windows < 1:
             return _usage("--step-windows", f"must be at least 1, got {step_windows}")
         cfg = replace(cfg, staircase=replace(cfg.staircase, step_windows=step_windows))
+    retries = getattr(args, "retries", TritonBenchConfig.retries)
+    if retries < 0:
+        return _usage("--retries", f"must be at least 0, got {retries}")
+    cfg = replace(cfg, retries=retries)
     slo_ms = {
         mm: (args.slo_ms if args.slo_ms is not None else DEFAULT_SLO_MS.get(mm, 60.0))
         for mm in models
