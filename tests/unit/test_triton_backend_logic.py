@@ -95,7 +95,9 @@ class FakeClient:
 @pytest.fixture
 async def pair() -> tuple[TritonBackend, FakeClient]:
     fake = FakeClient()
-    backend = TritonBackend("127.0.0.1:1", trace_file=None)
+    # A blocked change becomes background work after blocking_wait_s: 1 s, not the 60 s
+    # default, or the decrease test waits a minute for it.
+    backend = TritonBackend("127.0.0.1:1", trace_file=None, blocking_wait_s=1.0)
     backend._client = fake
     await backend.start()
     return backend, fake
