@@ -25,10 +25,9 @@ from dnnscaler.core.types import Slo
 # at 18:49, 19:39, 20:02, 22:10 and 22:52 serial_io and resnet_small passed; wide_mlp
 # failed at 18:49 (b4 n3 at 0.60 after one marginal window, since watched), 19:39 and
 # 22:52, and passed at 20:02 and 22:10 (and alone at 21:08: b4 n2 at 1.16 x the oracle's
-# pick). Triton 2.51
-# can also crash or hang mid-run with request tracing on and 2+ instances (docs/triton.md).
-# So the test stays non-strict xfail: it runs in CI and reports, without blocking. Remove
-# the mark once it passes reliably.
+# pick). Triton 2.51 can also crash or hang mid-run with request tracing on
+# (docs/triton.md). So the test stays non-strict xfail: it runs in CI and reports, without
+# blocking. Remove the mark once it passes reliably.
 pytestmark = [
     pytest.mark.xfail(strict=False, reason="default policy below 0.9 x oracle on real Triton"),
     pytest.mark.slow,
