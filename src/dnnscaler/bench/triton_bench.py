@@ -622,7 +622,6 @@ async def run_triton_bench(
             best = max(sweep, key=lambda c: c.capacity_rps)
             for pol in cfg.policies:
                 static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
-
                 rec, run = await with_retries(
                     functools.partial(attempt, model, pol, static, default_knobs, best, slo),
                     cfg.retries,

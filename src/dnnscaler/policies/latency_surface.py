@@ -142,12 +142,11 @@ class Surface:
         for m in range(m_hi + 1, reach + 1):
             out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
         m_s = self.saturated_m
-        if m_s is not None:
+        if m_s is not None and n_max > m_s:
             # Past saturation, instances only time-share the device (see the module doc).
-            l_s = _interp(tuple(out), m_s) if n_max >= 2 else out[0]
-            for m in range(1, n_max + 1):
-                if m > m_s:
-                    out[m - 1] = max(out[m - 1], l_s * m / m_s)
+            l_s = _interp(tuple(out), m_s)
+            for m in range(math.floor(m_s) + 1, n_max + 1):
+                out[m - 1] = max(out[m - 1], l_s * m / m_s)
         return tuple(out)
 
     def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
