@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_policies_support import obs
@@ -21,6 +22,7 @@ from dnnscaler.core.types import (
     WindowStats,
     instances_that_fit,
 )
+from dnnscaler.policies.batch_law import BatchLaw
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
 from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid, fit_during_change
 from dnnscaler.policies.latency_surface import Surface
@@ -114,28 +116,77 @@ def test_holds_without_completed_requests() -> None:
 
 def test_capacity_model_orders_batching_for_a_batching_friendly_surface() -> None:
     # Cheap extra samples (alpha 0.05): batch 16 must beat batch 1 by a wide margin.
-    b1 = capacity_rps(1, 1, 10.0, 0.05, 50.0, 0.99)
-    b16 = capacity_rps(1, 16, 10.0, 0.05, 50.0, 0.99)
+    law = BatchLaw.affine(0.05)
+    b1 = capacity_rps(1, 1, 10.0, law, 50.0, 0.99)
+    b16 = capacity_rps(1, 16, 10.0, law, 50.0, 0.99)
     assert b16 > 4 * b1
     # A tail bound below the service time admits nothing.
-    assert capacity_rps(1, 16, 10.0, 0.05, 5.0, 0.99) == 0.0
+    assert capacity_rps(1, 16, 10.0, law, 5.0, 0.99) == 0.0
     # The predicted tail grows with load and is unbounded past saturation.
-    t1 = predicted_tail_ms(20.0, 1, 1, 10.0, 0.05, 0.99)
-    t2 = predicted_tail_ms(80.0, 1, 1, 10.0, 0.05, 0.99)
-    assert t1 < t2 and math.isinf(predicted_tail_ms(150.0, 1, 1, 10.0, 0.05, 0.99))
+    t1 = predicted_tail_ms(20.0, 1, 1, 10.0, law, 0.99)
+    t2 = predicted_tail_ms(80.0, 1, 1, 10.0, law, 0.99)
+    assert t1 < t2 and math.isinf(predicted_tail_ms(150.0, 1, 1, 10.0, law, 0.99))
 
 
-def test_surface_learns_the_batching_slope_from_batch_statistics() -> None:
+def test_batch_law_interpolates_the_table_and_extends_its_last_piece() -> None:
+    law = BatchLaw(((1.0, 1.0), (2.0, 2.3), (4.0, 2.7), (8.0, 3.5)), 0.2)
+    assert law.factor(1.0) == 1.0
+    assert law.factor(3.0) == pytest.approx(2.5)
+    assert law.factor(8.0) == pytest.approx(3.5)
+    assert law.factor(16.0) == pytest.approx(3.5 + 0.2 * 8)
+    # The fixed point B = k f(B): at k f(1) <= 1 it is 1; on a piece it solves exactly.
+    assert law.fixed_point(0.5) == 1.0
+    for k in (1.2, 2.0, 3.0, 4.0):
+        b = law.fixed_point(k)
+        assert b is not None and b == pytest.approx(k * law.factor(b))
+    # A slope the batch can never outgrow: no fixed point past the table.
+    assert law.fixed_point(6.0) is None
+    # The affine law has the closed form B = k (1 - a) / (1 - k a).
+    aff = BatchLaw.affine(0.25)
+    assert aff.fixed_point(2.0) == pytest.approx(2.0 * 0.75 / 0.5)
+
+
+def test_surface_learns_a_non_affine_batch_table() -> None:
+    # Measured on a 2-core CPU (numpy's vector path at batch 1): 3.0 / 6.9 / 8.2 / 10.7 ms.
+    # One slope fitted over all four sizes would miss batch 8 by a wide margin; the table
+    # reproduces every size, and batch 16 follows the last piece.
+    measured = {1: 3.0, 2: 6.9, 4: 8.2, 8: 10.7}
     s = Surface()
     for t in range(1, 11):
         w = WindowStats(
             window_s=1.0,
             completed=100,
-            batch_stats={b: BatchStat(10, 8.0 * (1 + 0.2 * (b - 1))) for b in (1, 2, 4, 8)},
+            batch_stats={b: BatchStat(10, c) for b, c in measured.items()},
         )
         s = s.observe(w, 1, float(t), memory_s=60.0)
-    assert abs(s.alpha - 0.2) < 0.02
-    assert abs(s.curve(1)[0] - 8.0) < 0.5
+    lat = s.curve(1)[0]
+    for b, c in measured.items():
+        assert lat * s.law.factor(b) == pytest.approx(c, rel=0.05), b
+    assert lat * s.law.factor(16) == pytest.approx(10.7 + 2 * (10.7 - 8.2), rel=0.1)
+
+
+def test_multi_instance_windows_do_not_teach_a_batch_law_their_contention() -> None:
+    # With two instances, big batches form when the queue is long, i.e. when the other
+    # instance is busy too: they look slower than the batch law makes them. The law learned
+    # at one instance (alpha 0.2) keeps its shape.
+    s = Surface()
+    for t in range(1, 6):
+        w = WindowStats(
+            window_s=1.0,
+            completed=130,
+            batch_stats={b: BatchStat(10, 8.0 * (1 + 0.2 * (b - 1))) for b in (1, 4, 8)},
+        )
+        s = s.observe(w, 1, float(t), memory_s=60.0)
+    for t in range(6, 16):
+        w = WindowStats(
+            window_s=1.0,
+            completed=400,
+            batch_stats={1: BatchStat(10, 8.0 * 1.2), 8: BatchStat(30, 8.0 * 2.4 * 1.8)},
+        )
+        s = s.observe(w, 2, float(t), memory_s=60.0)
+    # The two-instance windows alone say f(8) = 2.4 * 1.8 / 1.2 = 3.6.
+    assert s.law.factor(4) == pytest.approx(1.6, rel=0.1)
+    assert s.law.factor(8) == pytest.approx(2.4, rel=0.15)
 
 
 def test_surface_learns_the_slope_across_windows_of_one_batch_size_each() -> None:
@@ -412,3 +463,45 @@ def test_surface_bounds_contention_past_a_saturated_busy_count() -> None:
         )
         s = s.observe(w, 2, float(t), memory_s=60.0)
     assert s.saturated_m is None
+
+
+def _steady_windows(s: Surface, instances: int, mean_ms: float, busy_ms: float, t0: int) -> Surface:
+    """Five one-second windows of batch-1 work: ``busy_ms`` of compute per second."""
+    count = round(busy_ms / mean_ms)
+    for t in range(t0, t0 + 5):
+        w = WindowStats(window_s=1.0, completed=count, batch_stats={1: BatchStat(count, mean_ms)})
+        s = s.observe(w, instances, float(t), memory_s=600.0)
+    return s
+
+
+def test_contention_levels_are_solved_for_not_smeared_across_neighbours() -> None:
+    # True L(1) = 10 ms, L(2) = 16 ms. One instance measures L(1); two instances half busy
+    # (m = 1.5) measure the mean of L(1) and L(2), 13 ms; fully busy (m = 2), 16 ms. Averaged
+    # into both neighbouring bins, the m = 1.5 windows would pull L(1) up and L(2) down.
+    s = Surface()
+    for t0, (n, mean_ms, busy_ms) in enumerate(
+        ((1, 10.0, 500.0), (1, 10.0, 500.0), (2, 13.0, 1001.0), (2, 13.0, 1001.0)) * 2
+        + ((2, 16.0, 2000.0),) * 4
+    ):
+        s = _steady_windows(s, n, mean_ms, busy_ms, 1 + 5 * t0)
+    curve = s.curve(2)
+    assert curve[0] == pytest.approx(10.0, rel=0.03)
+    assert curve[1] == pytest.approx(16.0, rel=0.03)
+
+
+def test_a_measured_busy_count_is_not_optimistic_while_its_evidence_decays() -> None:
+    # m = 3 was measured slow (contention 2x). Long after, its evidence has decayed under the
+    # "trusted" weight, but the curve still says slow: were it optimistic again, the policy
+    # would go back and look once per evidence half-life.
+    s = _steady_windows(Surface(), 1, 10.0, 500.0, 1)
+    s = _steady_windows(s, 2, 12.0, 2000.0, 6)
+    s = _steady_windows(s, 3, 24.0, 3000.0, 11)
+    assert s.curve(3)[2] > 20.0
+    # Two half-lives of windows at 2 instances only: m = 3's weight decays below 1 window.
+    for t in range(16, 1216, 60):
+        w = WindowStats(window_s=1.0, completed=166, batch_stats={1: BatchStat(166, 12.0)})
+        s = s.observe(w, 2, float(t), memory_s=600.0)
+    # The optimistic trend from m = 1, 2 (10 and 12 ms) would say 13.3 ms at m = 3; with
+    # little evidence left, the curve leans toward the prior's fit, not below it.
+    assert 0.1 < s.bin_w[2] < 1.0
+    assert s.curve(3)[2] > 15.0

@@ -1,7 +1,8 @@
-"""Predicted tail latency and SLO capacity of a config, from an affine latency surface.
+"""Predicted tail latency and SLO capacity of a config, from the learned latency surface.
 
-Compute time of a batch of ``B`` with ``n`` instances busy is ``c(B) = L_n * (1 + a (B - 1))``
-(``L_n`` the batch-1 latency under ``n``-way contention, ``a`` the batching slope). Two
+Compute time of a batch of ``B`` with ``n`` instances busy is ``c(B) = L_n * f(B)``
+(``L_n`` the batch-1 latency under ``n``-way contention, ``f`` the batch law: piecewise
+linear through the measured sizes, ``batch_law``). Two
 regimes, and the prediction takes the better one (the batcher only forms batches when it
 helps, i.e. when requests queue):
 
@@ -9,8 +10,8 @@ helps, i.e. when requests queue):
   service ``L_n``; Kingman-Sakasegawa wait with an exponential tail,
   ``P(wait) ~ rho^(sqrt(2(n+1))-1)``, ``E[wait | wait] ~ (1 + cs2)/2 * L_n / (n (1-rho))``.
 - **Always-busy batcher**: each dispatch takes what queued during the last dispatch interval,
-  so the mean batch solves ``B = lam c(B) / n``, i.e. ``B = lam L (1-a) / (n - lam L a)``.
-  The batch-size map has gain ``g = lam L a / n``; Poisson fluctuations of ``B`` are
+  so the mean batch solves ``B = lam c(B) / n`` (``BatchLaw.fixed_point``).
+  The batch-size map has gain ``g = lam c'(B) / n``; Poisson fluctuations of ``B`` are
   amplified to ``sigma = sqrt(B / (1 - g^2))``. A request waits for the next dispatch
   (``c(B)/n``) and then for its batch, whose size is at most ``B + z sigma`` at the tail.
 
@@ -21,6 +22,8 @@ The capacity of a config is the largest load whose predicted tail stays under a 
 from __future__ import annotations
 
 import math
+
+from dnnscaler.policies.batch_law import BatchLaw
 
 WAIT_TAIL = 0.1  # residual-wait quantile used with the batch-size tail
 SERVICE_CV2 = 0.01  # squared coefficient of variation of compute times (~5 % jitter)
@@ -49,9 +52,9 @@ def _single_tail(lam: float, n: int, c: float, tail: float) -> float:
     return c + cond_wait * math.log(p_wait / tail)
 
 
-def _compute(b: float, n: int, lat_ms: float, alpha: float, peak_per_ms: float) -> float:
-    affine = lat_ms * (1.0 + alpha * (b - 1.0))
-    return max(affine, n * b / peak_per_ms) if peak_per_ms > 0 else affine
+def _compute(b: float, n: int, lat_ms: float, law: BatchLaw, peak_per_ms: float) -> float:
+    measured = lat_ms * law.factor(b)
+    return max(measured, n * b / peak_per_ms) if peak_per_ms > 0 else measured
 
 
 def predicted_tail_ms(
@@ -59,7 +62,7 @@ def predicted_tail_ms(
     n: int,
     max_batch: int,
     lat_ms: float,
-    alpha: float,
+    law: BatchLaw,
     quantile: float,
     peak_rps: float = 0.0,
 ) -> float:
@@ -71,23 +74,20 @@ def predicted_tail_ms(
     lam = max(0.0, lam_rps) / 1000.0
     peak = peak_rps / 1000.0
     tail = 1.0 - quantile
-    single = _single_tail(lam, n, _compute(1.0, n, lat_ms, alpha, peak), tail)
+    single = _single_tail(lam, n, _compute(1.0, n, lat_ms, law, peak), tail)
     if max_batch <= 1:
         return single
     if peak > 0 and lam >= 0.999 * peak:
         return single
     # Smallest fixed point of B = lam c(B) / n. Below the roofline (lam < peak) it lies where
-    # the affine law holds, so it has a closed form.
-    denom = n - lam * lat_ms * alpha
-    if denom <= 0:
+    # the batch law holds, so it is solved piece by piece.
+    fixed = law.fixed_point(lam * lat_ms / n)
+    if fixed is None or fixed >= max_batch:
         return single
-    b = lam * lat_ms * (1.0 - alpha) / denom
-    if b >= max_batch:
-        return single
-    b = max(1.0, b)
-    c = _compute(b, n, lat_ms, alpha, peak)
+    b = fixed
+    c = _compute(b, n, lat_ms, law, peak)
     db = max(1e-3, 0.02 * b)
-    g = lam * (_compute(b + db, n, lat_ms, alpha, peak) - c) / db / n
+    g = lam * (_compute(b + db, n, lat_ms, law, peak) - c) / db / n
     if g >= 0.999:
         return single
     z = z_score(quantile)
@@ -95,7 +95,7 @@ def predicted_tail_ms(
     for _ in range(3):
         # The map is steeper where the roofline binds: use its mean slope over [B, B_hi].
         span = min(b_hi, 4.0 * max_batch) - b
-        g = max(g, lam * (_compute(b + span, n, lat_ms, alpha, peak) - c) / span / n)
+        g = max(g, lam * (_compute(b + span, n, lat_ms, law, peak) - c) / span / n)
         if g >= 0.999:
             return single
         b_hi = b + z * math.sqrt(b / (1.0 - g * g))
@@ -103,9 +103,9 @@ def predicted_tail_ms(
     # quantile (the instances' phases are random, not staggered).
     wait = c * (1.0 - WAIT_TAIL ** (1.0 / n))
     if b_hi <= max_batch:
-        batched = wait + _compute(b_hi, n, lat_ms, alpha, peak)
+        batched = wait + _compute(b_hi, n, lat_ms, law, peak)
     else:
-        c_max = _compute(float(max_batch), n, lat_ms, alpha, peak)
+        c_max = _compute(float(max_batch), n, lat_ms, law, peak)
         extra = math.ceil((b_hi - max_batch) / max_batch)
         batched = wait + c_max * (1.0 + extra / n)
     return min(single, batched)
@@ -115,7 +115,7 @@ def capacity_rps(
     n: int,
     max_batch: int,
     lat_ms: float,
-    alpha: float,
+    law: BatchLaw,
     bound_ms: float,
     quantile: float,
     peak_rps: float = 0.0,
@@ -124,12 +124,12 @@ def capacity_rps(
     if lat_ms <= 0 or lat_ms > bound_ms:
         return 0.0
     peak = peak_rps / 1000.0
-    sat = 1000.0 * n * max_batch / _compute(float(max_batch), n, lat_ms, alpha, peak)
+    sat = 1000.0 * n * max_batch / _compute(float(max_batch), n, lat_ms, law, peak)
     sat = max(sat, 1000.0 * n / lat_ms)
     lo, hi = 0.0, sat
     for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        if predicted_tail_ms(mid, n, max_batch, lat_ms, alpha, quantile, peak_rps) <= bound_ms:
+        if predicted_tail_ms(mid, n, max_batch, lat_ms, law, quantile, peak_rps) <= bound_ms:
             lo = mid
         else:
             hi = mid

@@ -39,6 +39,7 @@ from dnnscaler.policies.latency_surface import Surface
 
 MIN_TAIL_SAMPLES = 20
 MAX_LOG_RATIO = 0.4
+LIGHT_TAIL_WEIGHT = 0.1  # least calibration weight of a window (its tail far below the SLO)
 STEADY_TAIL_FACTOR = 3.0  # windows with a tail beyond this many SLOs are a backlog
 STEADY_GROWTH = 0.2  # or with the backlog growing by this share of the completions
 MIN_EVIDENCE = 2.0  # full windows of compute statistics before the first planned move
@@ -53,6 +54,7 @@ UNTRIED_GAIN = 0.1  # predicted gain a planned move to a config never run needs
 DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
 MARGINAL_OVER = 1.2  # a single window this little over the SLO may be noise
 ROOMY = 1.25  # ... when the config is predicted to carry this many times the load
+BROKEN_AT = 1.05  # a ceiling under this many times the load: measured to break this load
 STALL_SHARE = 0.5  # a window serving under this share of the next one's rate was a stall
 
 
@@ -85,6 +87,7 @@ class DnnScalerState:
     tail_log_ratio: float = 0.0  # the same, over every config run (for the status display)
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
+    left: tuple[tuple[int, int, float], ...] = ()  # (b, n, when) left by planned moves
     slo_changed_s: float = -1e18  # when the SLO last changed
     explored_instances: int = 1  # the largest instance count measured (survives SLO changes)
 
@@ -157,6 +160,7 @@ class DnnScalerPolicy:
                 plan_key="",
                 over_windows=0,
                 recent_moves_s=(),
+                left=(),
                 slo_changed_s=obs.now_s,
             )
         target = self._legal(state.target, obs, fit_during_change(obs, state.target))
@@ -281,20 +285,33 @@ class DnnScalerPolicy:
                 # at configs with batches no bigger than the current ones, or at configs
                 # measured to serve this load with margin (a retreat to a known-good config:
                 # after an exploration into contention the remedy is fewer instances).
+                # A config measured to break the SLO at this load is no remedy either (or
+                # under a load no config holds, the guard and the overload fallback would
+                # swap two configs for ever).
                 good = {
                     (r.max_batch_size, r.instances)
                     for r in state.records
                     if r.floor_rps >= KNOWN_GOOD * load
                     and (r.ceiling_rps <= 0 or r.ceiling_rps > load)
                 }
+                broken = {
+                    (r.max_batch_size, r.instances)
+                    for r in state.records
+                    if 0 < r.ceiling_rps <= BROKEN_AT * load
+                    and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
+                }
                 best = max(
                     (
                         p
                         for p in state.plan
-                        if p.max_batch_size <= target.max_batch_size
-                        or (p.max_batch_size, p.instances) in good
+                        if (
+                            p.max_batch_size <= target.max_batch_size
+                            or (p.max_batch_size, p.instances) in good
+                        )
+                        and (p.max_batch_size, p.instances) not in broken
                     ),
                     key=lambda p: p.capacity_rps,
+                    default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
                 )
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
@@ -320,6 +337,16 @@ class DnnScalerPolicy:
             return self._hold(state, f"dwelling ({why_tail})")
         if sum(surface.bin_w) < MIN_EVIDENCE:
             return self._hold(state, f"learning the latency surface ({why_tail})")
+        # No planned return to a config a planned move left within the back-off memory: the
+        # config in force looks worse the more it is measured while the one left looks
+        # better as its evidence decays, and the two would swap for ever. (A violation still
+        # moves anywhere.)
+        left = {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
+        best = max(
+            (p for p in state.plan if (p.max_batch_size, p.instances) not in left),
+            key=lambda p: p.capacity_rps,
+            default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
+        )
         # A config never run is a prediction only: it must promise more to be worth a move.
         tried = any(
             (r.max_batch_size, r.instances) == (best.max_batch_size, best.instances)
@@ -330,6 +357,9 @@ class DnnScalerPolicy:
             best.max_batch_size,
             best.instances,
         ) != (target.max_batch_size, target.instances):
+            recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
+            gone = (target.max_batch_size, target.instances, obs.now_s)
+            state = replace(state, left=(*recent[-5:], gone))
             return self._move(state, obs, best, n_fit, f"{why_tail}: ")
         return self._hold(state, f"holding, predicted capacity {cur_cap:.0f} rps ({why_tail})")
 
@@ -408,7 +438,7 @@ class DnnScalerPolicy:
             n,
             knobs.max_batch_size,
             curve[n - 1],
-            surface.alpha,
+            surface.law,
             obs.slo.percentile / 100.0,
             peak,
         )
@@ -416,12 +446,15 @@ class DnnScalerPolicy:
             return state
         r = min(MAX_LOG_RATIO, max(-MAX_LOG_RATIO, math.log(latency / pred)))
         keep = 0.5 ** (obs.window.window_s / self.tail_memory_s)
-        gw = state.tail_weight * keep + 1.0
-        glog = (state.tail_log_ratio * state.tail_weight * keep + r) / gw
+        # The calibration corrects capacities, i.e. tails at the SLO: a window far below it
+        # (light load, a different regime of the queue) says little about them.
+        u = min(1.0, max(LIGHT_TAIL_WEIGHT, pred / (self.tail_margin * obs.slo.latency_ms)))
+        gw = state.tail_weight * keep + u
+        glog = (state.tail_log_ratio * state.tail_weight * keep + u * r) / gw
         recs = list(state.records)
         rec = recs[-1]  # _record leaves the config in force last
-        rw = rec.tail_weight * keep + 1.0
-        rlog = (rec.tail_log_ratio * rec.tail_weight * keep + r) / rw
+        rw = rec.tail_weight * keep + u
+        rlog = (rec.tail_log_ratio * rec.tail_weight * keep + u * r) / rw
         recs[-1] = replace(rec, tail_log_ratio=rlog, tail_weight=rw)
         return replace(state, records=tuple(recs), tail_log_ratio=glog, tail_weight=gw)
 
@@ -440,7 +473,7 @@ class DnnScalerPolicy:
         slo_ms = obs.slo.latency_ms
         return {
             (b, n): capacity_rps(
-                n, b, bold[n - 1], surface.alpha, slo_ms / math.exp(ratios[n - 1]), q, peak
+                n, b, bold[n - 1], surface.law, slo_ms / math.exp(ratios[n - 1]), q, peak
             )
             for n in range(1, n_max + 1)
             for b in grid
@@ -456,7 +489,7 @@ class DnnScalerPolicy:
         key = ";".join(
             [
                 f"{obs.slo.latency_ms:.4g}/{obs.slo.percentile:g}/{n_max}/{grid[-1]}",
-                f"{_q(surface.alpha)}/{_q(math.exp(state.tail_log_ratio))}"
+                f"{surface.law.key()}/{_q(math.exp(state.tail_log_ratio))}"
                 f"/{state.explored_instances}",
                 ",".join(_q(x) for x in curve),
                 ",".join(
@@ -491,9 +524,7 @@ class DnnScalerPolicy:
             # batching, is what the queueing model gets wrong, and per-config ratios learned
             # at different loads would make the configs not in force look greener.
             scaled = bound / math.exp(ratios[n - 1])
-            model = {
-                b: capacity_rps(n, b, lat, surface.alpha, scaled, quantile, peak) for b in grid
-            }
+            model = {b: capacity_rps(n, b, lat, surface.law, scaled, quantile, peak) for b in grid}
             # A ceiling measured at one batch size scales its siblings' predictions too (by
             # the square root: batch size still matters), or a violation would only send the
             # policy to the next untried sibling.

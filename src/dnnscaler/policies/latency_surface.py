@@ -1,13 +1,16 @@
 """The latency surface ``c(b, m)`` of one model on one GPU, learned from live statistics.
 
-Model: a batch of ``b`` with ``m`` instances busy takes ``L(m) * (1 + alpha (b - 1))``, capped
-below by a throughput roofline ``m b / peak``.
+Model: a batch of ``b`` with ``m`` instances busy takes ``L(m) * f(b)``, capped below by a
+throughput roofline ``m b / peak``.
 
-- ``alpha`` (batching slope) comes from a count-weighted regression ``compute = p + q b``
-  over every batch executed (decayed sums, pooled across windows per instance count, so that
-  a change of batch size teaches it even when each window ran a single size, as under an
-  overload): ``alpha = q / (p + q)``.
-- ``L(m)`` comes from every window: its compute times normalised by ``1 + alpha (b - 1)``,
+- ``f`` (the batch law, ``batch_law``) is a table: the compute time of every batch size
+  executed, per busy count, in decayed cells ``(m, b)`` pooled across windows (so that a
+  change of batch size teaches it even when each window ran a single size, as under an
+  overload). A separable fit ``log c = g_b + l_m`` over the cells gives the compute time at
+  ``m = 1`` of each size; multi-instance cells count less there, because with several
+  instances bigger batches coincide with busier devices. Sizes never run are interpolated,
+  and sizes past the largest run follow the slope of the last measured piece.
+- ``L(m)`` comes from every window: its compute times normalised by ``f(b)``,
   attributed to the busy count the batches saw. The mean busy count is ``U = busy time /
   window``; a batch sees ``m = 1 + U (n - 1) / n`` (its own plus the others, binomial).
   Unvisited ``m`` are filled by a rank-2 fit on the basis of the known networks' contention
@@ -28,22 +31,28 @@ interference; a window that disagrees strongly with the model discounts the old 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
 from dnnscaler.core.types import BatchStat, WindowStats
+from dnnscaler.policies.batch_law import MAX_SLOPE, BatchLaw
 from dnnscaler.policies.matrix_completion import known_rows
 
 ALPHA_PRIOR = 0.3
-ALPHA_PRIOR_WEIGHT = 0.2
+SLOPE_PRIOR_WEIGHT = 0.02  # windows' worth of the prior slope past the largest size run
 PEAK_HEADROOM = 0.1
 RIDGE = 0.3
 BLEND_WEIGHT = 3.0  # measured windows at which a bin's own mean outweighs the fit
 SURPRISE = 0.3  # relative disagreement that discounts old evidence
-CONFOUNDED_WEIGHT = 0.1  # weight of multi-instance windows in the batching slope
+CONFOUNDED_WEIGHT = 0.1  # weight of multi-instance windows in the batch law
+KNOT_WEIGHT = 0.2  # windows (decayed) from which a batch size is a knot of the law
+CELL_FLOOR = 1e-4  # cells whose decayed weight fell below this are dropped
+LEVEL_PRIOR_WEIGHT = 0.05  # windows' worth of the prior contention shape in L(m)'s fit
+CONTENTION_PRIOR_WEIGHT = 0.05  # windows' worth of the prior contention in the law's fit
 OPTIMISM_STEPS = 1  # busy counts beyond the measured ones that get the optimistic trend
+OPTIMISM_MAX_WEIGHT = 0.1  # bin weight (windows) from which a busy count is not optimistic
 TRUSTED_WEIGHT = 1.0  # bin weight (in full windows) from which a busy count is "measured"
 SATURATED_BUSY = 0.9  # device busy share from which the device counts as saturated
 UNSATURATED_BUSY = 0.75  # below this at the saturated busy count, the saturation is gone
@@ -78,11 +87,13 @@ class Surface:
     """Decayed evidence about the surface; ``bins[m-1]`` holds (weight, weighted sum of L)."""
 
     updated_s: float | None = None
-    # Per instance count n (index n-1): decayed (sum w, sum w b, sum w b^2, sum w c,
-    # sum w b c) over executed batches, w the execution count, c the mean compute time.
-    slope: tuple[tuple[float, float, float, float, float], ...] = ()
-    bin_w: tuple[float, ...] = ()
-    bin_sum: tuple[float, ...] = ()
+    # Batch-law evidence: (busy count in quarters, batch size b, decayed weight, weighted
+    # sum of log compute ms); in windows, less for multi-instance ones.
+    cells: tuple[tuple[int, int, float, float], ...] = ()
+    law: BatchLaw = field(default_factory=BatchLaw)
+    # Contention evidence: (busy count in quarters, decayed weight, weighted sum of the
+    # window's batch-1-equivalent compute ms).
+    level_cells: tuple[tuple[int, float, float], ...] = ()
     peak_seen_rps: float = 0.0
     # Decayed weight and weighted sum of the busy counts of windows with a saturated device.
     sat_w: float = 0.0
@@ -95,7 +106,21 @@ class Surface:
 
     @property
     def alpha(self) -> float:
-        return _alpha(self.slope)
+        """The marginal batching slope (relative compute per extra item past the table)."""
+        return self.law.slope
+
+    @property
+    def bin_w(self) -> tuple[float, ...]:
+        """Decayed windows of evidence per busy count m (index m-1), up to the largest seen."""
+        out: list[float] = []
+        for q, cw, _ in self.level_cells:
+            lo, frac = q // 4, (q % 4) / 4.0
+            hi = lo + 1 if frac > 0 else lo
+            out += [0.0] * (hi - len(out))
+            out[lo - 1] += cw * (1.0 - frac)
+            if frac > 0:
+                out[hi - 1] += cw * frac
+        return tuple(out)
 
     @property
     def known(self) -> bool:
@@ -104,17 +129,17 @@ class Surface:
     def curve(self, n_max: int, optimism_steps: int = OPTIMISM_STEPS) -> tuple[float, ...]:
         """Predicted ``L(m)`` for m = 1..n_max (empty evidence: all zeros)."""
         w = list(self.bin_w) + [0.0] * max(0, n_max - len(self.bin_w))
-        s = list(self.bin_sum) + [0.0] * max(0, n_max - len(self.bin_sum))
         if sum(w) <= 0:
             return tuple(0.0 for _ in range(n_max))
+        levels = _levels(self.level_cells, len(w))
         mean, pc1, pc2 = contention_basis()
         # Weighted least squares for L(m) = a*mean(m) + b*pc1(m) + c*pc2(m), relative error.
-        level = sum(s) / sum(w)
+        level = sum(c[2] for c in self.level_cells) / sum(c[1] for c in self.level_cells)
         rows, rhs = [], []
         for m in range(1, n_max + 1):
             if w[m - 1] <= 0:
                 continue
-            y = s[m - 1] / w[m - 1]
+            y = levels[m - 1]
             sw = math.sqrt(w[m - 1]) / y
             rows.append([sw * _interp(mean, m), sw * _interp(pc1, m), sw * _interp(pc2, m)])
             rhs.append(sw * y)
@@ -127,12 +152,14 @@ class Surface:
             fit = coef[0] * _interp(mean, m) + coef[1] * _interp(pc1, m) + coef[2] * _interp(pc2, m)
             fit = max(float(fit), 0.2 * level)
             wm = w[m - 1]
-            meas = s[m - 1] / wm if wm > 0 else fit
+            meas = levels[m - 1] if wm > 0 else fit
             out.append((wm * meas + BLEND_WEIGHT * fit) / (wm + BLEND_WEIGHT))
         # Optimism beyond the measured range: contention grows no faster than the trend of
         # the last two measured busy counts, so that the policy goes and looks (the busy
         # counts it can measure rise with the load) instead of trusting the prior forever.
-        # Only ``OPTIMISM_STEPS`` counts out: exploration stays bounded.
+        # Only ``OPTIMISM_STEPS`` counts out: exploration stays bounded. A busy count once
+        # measured keeps what it measured while its evidence decays: were it optimistic
+        # again, the policy would go back and look once per memory (an oscillation).
         m_hi = max((m for m in range(1, n_max + 1) if w[m - 1] >= TRUSTED_WEIGHT), default=1)
         gamma = 0.0
         if m_hi >= 2 and w[m_hi - 2] >= TRUSTED_WEIGHT:
@@ -140,7 +167,8 @@ class Surface:
             gamma = min(1.0, max(0.0, gamma))
         reach = min(n_max, m_hi + optimism_steps)
         for m in range(m_hi + 1, reach + 1):
-            out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
+            if w[m - 1] < OPTIMISM_MAX_WEIGHT:
+                out[m - 1] = min(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
         m_s = self.saturated_m
         if m_s is not None and n_max > m_s:
             # Past saturation, instances only time-share the device (see the module doc).
@@ -150,15 +178,14 @@ class Surface:
         return tuple(out)
 
     def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
-        affine = curve[m - 1] * (1.0 + self.alpha * (b - 1.0))
-        return max(affine, 1000.0 * m * b / peak_rps) if peak_rps > 0 else affine
+        measured = curve[m - 1] * self.law.factor(b)
+        return max(measured, 1000.0 * m * b / peak_rps) if peak_rps > 0 else measured
 
     def peak_rps(self, curve: tuple[float, ...], max_batch: int) -> float:
         """The GPU roofline in items/s (prior: headroom over the best single knob)."""
         if not curve or curve[0] <= 0:
             return self.peak_seen_rps
-        a = self.alpha
-        batching = 1000.0 * max_batch / (curve[0] * (1.0 + a * (max_batch - 1)))
+        batching = 1000.0 * max_batch / (curve[0] * self.law.factor(max_batch))
         mt = max(1000.0 * m / lat for m, lat in enumerate(curve, start=1) if lat > 0)
         return max((1.0 + PEAK_HEADROOM) * max(batching, mt), self.peak_seen_rps)
 
@@ -171,42 +198,44 @@ class Surface:
         if not stats:
             return self
         size = max(instances, len(self.bin_w))
-        bw = list(self.bin_w) + [0.0] * (size - len(self.bin_w))
-        bs = list(self.bin_sum) + [0.0] * (size - len(self.bin_sum))
-        zero = (0.0, 0.0, 0.0, 0.0, 0.0)
-        sl = list(self.slope) + [zero] * (max(instances, len(self.slope)) - len(self.slope))
+        lcells = {q: (cw, cs) for q, cw, cs in self.level_cells}
+        cells = {(m, b): (cw, cy) for m, b, cw, cy in self.cells}
         sat_w, sat_sum = self.sat_w, self.sat_sum
         if self.updated_s is not None:
             decay = 0.5 ** (max(0.0, now_s - self.updated_s) / memory_s)
-            bw = [x * decay for x in bw]
-            bs = [x * decay for x in bs]
-            sl = [_scaled(r, decay) for r in sl]
+            lcells = {q: (cw * decay, cs * decay) for q, (cw, cs) in lcells.items()}
+            cells = {k: (cw * decay, cy * decay) for k, (cw, cy) in cells.items()}
             sat_w, sat_sum = sat_w * decay, sat_sum * decay
         execs = sum(s.count for _, s in stats)
-        # Batching slope: this window's batches join the pooled regression of its count.
-        s0, s1, s2, sc, sbc = sl[instances - 1]
-        for b, st in stats:
-            c = st.compute_ms_mean
-            s0, s1, s2 = s0 + st.count, s1 + st.count * b, s2 + st.count * b * b
-            sc, sbc = sc + st.count * c, sbc + st.count * b * c
-        sl[instances - 1] = (s0, s1, s2, sc, sbc)
-        a = _alpha(tuple(sl))
         busy_ms = sum(s.count * s.compute_ms_mean for _, s in stats)
         util = busy_ms / max(1e-6, w.window_s * 1000.0)
         m_seen = 1.0 + min(util, float(instances)) * (instances - 1) / instances
-        norm = busy_ms / sum(s.count * (1.0 + a * (b - 1)) for b, s in stats)
-        # Discount old evidence if this window disagrees with it (interference, SLO moves).
         lo_bin = min(math.floor(m_seen), size)
         frac = m_seen - lo_bin
-        if self.known:
+        # Batch law: this window's batches join the cells of the busy count they saw. A
+        # window weighs at most 1, shared by its sizes in proportion to their executions.
+        wt = min(1.0, execs / 20.0)
+        conf = wt * (1.0 if instances == 1 else CONFOUNDED_WEIGHT) / execs
+        quarter = round(4.0 * m_seen)
+        for b, st in stats:
+            cw, cy = cells.get((quarter, b), (0.0, 0.0))
+            y = math.log(st.compute_ms_mean)
+            cells[(quarter, b)] = (cw + conf * st.count, cy + conf * st.count * y)
+        law = _fit_law(cells, self.law)
+        norm = busy_ms / sum(s.count * law.factor(b) for b, s in stats)
+        # Discount old evidence if this window disagrees with it (interference, SLO moves).
+        # Only where there is evidence: a first window at a new busy count disagreeing with
+        # the prior's contention is news about the model, not a change of the GPU.
+        have = self.bin_w
+        near = [m for m in (lo_bin, lo_bin + 1 if frac > 0 else lo_bin) if m <= len(have)]
+        measured = len(near) == 2 and all(have[m - 1] >= TRUSTED_WEIGHT for m in near)
+        if measured:
             expected = self.curve(size)
             exp_m = expected[lo_bin - 1] * (1 - frac) + expected[min(lo_bin, size - 1)] * frac
             if exp_m > 0 and abs(norm / exp_m - 1.0) > SURPRISE and execs >= 10:
                 keep = 0.2
-                bw = [x * keep for x in bw]
-                bs = [x * keep for x in bs]
-                sl = [_scaled(r, keep) for r in sl]
-        wt = min(1.0, execs / 20.0)
+                lcells = {q: (cw * keep, cs * keep) for q, (cw, cs) in lcells.items()}
+                # The batch law keeps its evidence: interference scales every size alike.
         busy = w.device_busy_share
         if busy is not None and busy >= SATURATED_BUSY:
             sat_w, sat_sum = sat_w + wt, sat_sum + wt * m_seen
@@ -219,51 +248,142 @@ class Surface:
             # Spare compute at the busy count that saturated it: the device was shared with
             # work that has gone (a co-located model, a host job).
             sat_w, sat_sum = sat_w * 0.2, sat_sum * 0.2
-        for m_bin, share in ((lo_bin, 1.0 - frac), (min(lo_bin + 1, size), frac)):
-            if share > 0:
-                bw[m_bin - 1] += wt * share
-                bs[m_bin - 1] += wt * share * norm
+        lw, ls = lcells.get(quarter, (0.0, 0.0))
+        lcells[quarter] = (lw + wt, ls + wt * norm)
         # Items per second actually completed: a lower bound on the roofline.
         seen = sum(b * s.count for b, s in stats) / max(1e-6, w.window_s)
         return replace(
             self,
             updated_s=now_s,
-            slope=tuple(sl),
-            bin_w=tuple(bw),
-            bin_sum=tuple(bs),
+            cells=tuple(
+                (m, b, cw, cy) for (m, b), (cw, cy) in sorted(cells.items()) if cw >= CELL_FLOOR
+            ),
+            law=law,
+            level_cells=tuple(
+                (q, cw, cs) for q, (cw, cs) in sorted(lcells.items()) if cw >= CELL_FLOOR
+            ),
             peak_seen_rps=max(self.peak_seen_rps * (0.5 ** (1.0 / memory_s)), seen),
             sat_w=sat_w,
             sat_sum=sat_sum,
         )
 
 
-def _scaled(
-    r: tuple[float, float, float, float, float], k: float
-) -> tuple[float, float, float, float, float]:
-    return (r[0] * k, r[1] * k, r[2] * k, r[3] * k, r[4] * k)
+def _levels(cells: tuple[tuple[int, float, float], ...], size: int) -> list[float]:
+    """``L(m)`` at integer busy counts m = 1..size from windows at fractional ones (0: none).
 
-
-def _alpha(slope: tuple[tuple[float, float, float, float, float], ...]) -> float:
-    """Batching slope from the pooled regressions, shrunk toward the prior.
-
-    With several instances, bigger batches coincide with busier GPUs: the slope is
-    confounded with contention, so those regressions count less.
+    A window at ``m = 1.5`` measured the mean of ``L(1)`` and ``L(2)``; averaging it into
+    both bins would flatten the curve (each bin takes its neighbours' values), so the levels
+    are solved for by least squares on the interpolation, with a weak pull toward the known
+    networks' contention shape where windows alone cannot tell neighbours apart.
     """
-    w_tot = ALPHA_PRIOR_WEIGHT
-    a_tot = ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT
-    for n, (s0, s1, s2, sc, sbc) in enumerate(slope, start=1):
-        if s0 < 2.0:
+    out = [0.0] * size
+    if not cells:
+        return out
+    ref = sum(c[2] for c in cells) / sum(c[1] for c in cells)
+    touched: set[int] = set()
+    for q, cw, _ in cells:
+        if cw > 0:
+            lo, frac = q // 4, (q % 4) / 4.0
+            touched.add(min(lo, size))
+            if frac > 0:
+                touched.add(min(lo + 1, size))
+    ms = sorted(touched)
+    col = {m: i for i, m in enumerate(ms)}
+    rows: list[list[float]] = []
+    rhs: list[float] = []
+    for q, cw, cs in cells:
+        if cw <= 0:
             continue
-        mb = s1 / s0
-        var = s2 / s0 - mb * mb
-        if var <= 0.05:
+        r = [0.0] * len(ms)
+        sw = math.sqrt(cw) / ref
+        lo, frac = q // 4, (q % 4) / 4.0
+        r[col[min(lo, size)]] += sw * (1.0 - frac)
+        if frac > 0:
+            r[col[min(lo + 1, size)]] += sw * frac
+        rows.append(r)
+        rhs.append(sw * cs / cw)
+    mean, _, _ = contention_basis()
+    m0 = ms[0]
+    for m in ms[1:]:
+        r = [0.0] * len(ms)
+        k = math.sqrt(LEVEL_PRIOR_WEIGHT) / ref
+        r[col[m]] = k
+        r[col[m0]] = -k * _interp(mean, m) / _interp(mean, m0)
+        rows.append(r)
+        rhs.append(0.0)
+    coef, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+    for m in ms:
+        out[m - 1] = max(float(coef[col[m]]), 0.2 * ref)
+    return out
+
+
+def _fit_law(cells: dict[tuple[int, int], tuple[float, float]], prior: BatchLaw) -> BatchLaw:
+    """The batch law from the cells: a separable fit ``log c(m, b) = g_b + l(m)``.
+
+    ``l`` is linear between integer busy counts, with ``l(1) = 0``: ``exp(g_b)`` is then the
+    compute time of size ``b`` at one busy instance. Busy counts ``m >= 2`` get their own
+    level (shrunk toward the known networks' contention), so that multi-instance windows
+    teach mostly how sizes compare at the same busy count. Sizes with too little evidence
+    are left out; with none, the law stays ``prior``.
+    """
+    weight: dict[int, float] = {}
+    for (_, b), (cw, _) in cells.items():
+        weight[b] = weight.get(b, 0.0) + cw
+    sizes = sorted(b for b, cw in weight.items() if cw >= KNOT_WEIGHT)
+    if not sizes:
+        return prior
+    levels: set[int] = set()
+    for q, b in cells:
+        if b in sizes:
+            levels.update(m for m in (q // 4, -(-q // 4)) if m >= 2)
+    col = {b: i for i, b in enumerate(sizes)}
+    col.update({-m: len(sizes) + j for j, m in enumerate(sorted(levels))})
+    rows: list[list[float]] = []
+    rhs: list[float] = []
+    for (q, b), (cw, cy) in cells.items():
+        if b not in col or cw <= 0:
             continue
-        q = (sbc / s0 - mb * sc / s0) / var
-        p = sc / s0 - q * mb
-        if p + q <= 0:
-            continue
-        confounded = 1.0 if n == 1 else CONFOUNDED_WEIGHT
-        w = confounded * s0 * min(var, 4.0) / 4.0
-        w_tot += w
-        a_tot += w * min(1.5, max(0.0, q / (p + q)))
-    return min(1.5, max(0.0, a_tot / w_tot))
+        r = [0.0] * len(col)
+        sw = math.sqrt(cw)
+        r[col[b]] = sw
+        lo, frac = q // 4, (q % 4) / 4.0
+        for m, share in ((lo, 1.0 - frac), (lo + 1, frac)):
+            if m >= 2 and share > 0:
+                r[col[-m]] = sw * share
+        rows.append(r)
+        rhs.append(cy / sw)  # sqrt(w) * mean log c
+    mean, _, _ = contention_basis()
+    for m in sorted(levels):
+        r = [0.0] * len(col)
+        r[col[-m]] = math.sqrt(CONTENTION_PRIOR_WEIGHT)
+        rows.append(r)
+        rhs.append(math.sqrt(CONTENTION_PRIOR_WEIGHT) * math.log(_interp(mean, m)))
+    coef, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+    comp = [math.exp(float(coef[col[b]])) for b in sizes]
+    for i in range(1, len(comp)):
+        comp[i] = max(comp[i], comp[i - 1])  # a bigger batch never computes faster
+    # Compute at batch 1: measured, or the first measured piece extended down to it (no
+    # cheaper per item than the smallest size measured, no dearer than it in total).
+    if sizes[0] == 1:
+        c1 = comp[0]
+    elif len(sizes) >= 2:
+        rise = (comp[1] - comp[0]) / (sizes[1] - sizes[0])
+        c1 = min(comp[0], max(comp[0] / sizes[0], comp[0] - rise * (sizes[0] - 1)))
+    else:
+        c1 = comp[0] / (1.0 + prior.slope * (sizes[0] - 1))
+    # Knots at powers of two, and at the largest size if it is well past them: sizes in
+    # between (a batcher runs every size up to its limit) only add noise to the table, and
+    # a short last piece would make a noisy slope to extrapolate with.
+    knots = [(1.0, 1.0)] + [
+        (float(b), c / c1) for b, c in zip(sizes, comp, strict=True) if b > 1 and b & (b - 1) == 0
+    ]
+    if sizes[-1] >= 1.5 * knots[-1][0]:
+        knots.append((float(sizes[-1]), comp[-1] / c1))
+    if len(knots) >= 2:
+        (b0, f0), (b1, f1) = knots[-2], knots[-1]
+        w_last = min(weight.get(int(b0), weight[int(b1)]), weight[int(b1)])
+        seg = (f1 - f0) / (b1 - b0)
+        slope = (w_last * seg + SLOPE_PRIOR_WEIGHT * ALPHA_PRIOR) / (w_last + SLOPE_PRIOR_WEIGHT)
+    else:
+        slope = prior.slope
+    return BatchLaw(tuple(knots), min(MAX_SLOPE, max(0.0, slope)))
