@@ -50,7 +50,7 @@ OVERLOAD_GROWTH = 1.05  # measured load over throughput that means a growing bac
 OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
 EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest count run
 KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
-UNTRIED_GAIN = 0.1  # predicted gain a planned move to a config never run needs
+UNTRIED_GAIN = 0.15  # predicted gain a planned move to a config never run needs
 DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
 MARGINAL_OVER = 1.2  # a single window this little over the SLO may be noise
 ROOMY = 1.25  # ... when the config is predicted to carry this many times the load
@@ -88,6 +88,7 @@ class DnnScalerState:
     tail_weight: float = 0.0
     recent_moves_s: tuple[float, ...] = ()  # when the last changes were made (back-off)
     left: tuple[tuple[int, int, float], ...] = ()  # (b, n, when) left by planned moves
+    exploring: bool = False  # the target had never been run under this SLO when chosen
     slo_changed_s: float = -1e18  # when the SLO last changed
     explored_instances: int = 1  # the largest instance count measured (survives SLO changes)
 
@@ -186,7 +187,9 @@ class DnnScalerPolicy:
         if latency is None or w.completed == 0:
             return self._hold(replace(state, last_pending=pending), "no completed requests")
 
-        surface = state.surface.observe(w, obs.knobs.instances, obs.now_s, self.memory_s)
+        surface = state.surface.observe(
+            w, obs.knobs.instances, obs.now_s, self.memory_s, obs.knobs.max_batch_size
+        )
         if not surface.known:
             return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
         moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
@@ -339,9 +342,14 @@ class DnnScalerPolicy:
             return self._hold(state, f"learning the latency surface ({why_tail})")
         # No planned return to a config a planned move left within the back-off memory: the
         # config in force looks worse the more it is measured while the one left looks
-        # better as its evidence decays, and the two would swap for ever. (A violation still
-        # moves anywhere.)
-        left = {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
+        # better as its evidence decays, and the two would swap for ever. Unless the config
+        # in force was an exploration (never run before): coming back from one is its
+        # point. (A violation still moves anywhere.)
+        left = (
+            set()
+            if state.exploring
+            else {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
+        )
         best = max(
             (p for p in state.plan if (p.max_batch_size, p.instances) not in left),
             key=lambda p: p.capacity_rps,
@@ -397,8 +405,13 @@ class DnnScalerPolicy:
         if new == cur:
             return self._hold(state, why + "no legal step")
         recent = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
+        fresh = not any(
+            (r.max_batch_size, r.instances) == (new.max_batch_size, new.instances)
+            for r in state.records
+        )
         state = replace(
             state,
+            exploring=fresh,
             target=new,
             changed_s=obs.now_s,
             in_force_s=None,

@@ -189,8 +189,16 @@ class Surface:
         mt = max(1000.0 * m / lat for m, lat in enumerate(curve, start=1) if lat > 0)
         return max((1.0 + PEAK_HEADROOM) * max(batching, mt), self.peak_seen_rps)
 
-    def observe(self, w: WindowStats, instances: int, now_s: float, memory_s: float) -> Surface:
-        """This surface with one more window (measured under ``instances``) folded in."""
+    def observe(
+        self, w: WindowStats, instances: int, now_s: float, memory_s: float, max_batch: int = 0
+    ) -> Surface:
+        """This surface with one more window (measured under ``instances``, batches of at
+        most ``max_batch``) folded in.
+
+        The batch law keeps cells only for the sizes that can be its knots: powers of two
+        and ``max_batch``. A batcher runs every size up to its limit; cells for all of them
+        would make the law's fit cost grow with the limit (tens of ms at 128).
+        """
         stats = [(b, s) for b, s in w.batch_stats.items() if s.count > 0 and s.compute_ms_mean > 0]
         if not stats and w.compute_mean_ms and w.completed > 0:
             # A server without per-batch statistics: its mean compute time, as batch 1.
@@ -218,6 +226,8 @@ class Surface:
         conf = wt * (1.0 if instances == 1 else CONFOUNDED_WEIGHT) / execs
         quarter = round(4.0 * m_seen)
         for b, st in stats:
+            if b & (b - 1) and b != max_batch:
+                continue
             cw, cy = cells.get((quarter, b), (0.0, 0.0))
             y = math.log(st.compute_ms_mean)
             cells[(quarter, b)] = (cw + conf * st.count, cy + conf * st.count * y)
