@@ -48,6 +48,7 @@ BLEND_WEIGHT = 3.0  # measured windows at which a bin's own mean outweighs the f
 SURPRISE = 0.3  # relative disagreement that discounts old evidence
 CONFOUNDED_WEIGHT = 0.1  # weight of multi-instance windows in the batch law
 KNOT_WEIGHT = 0.2  # windows (decayed) from which a batch size is a knot of the law
+SMALL_SIZES = 8  # every batch size up to this keeps batch-law cells
 CELL_FLOOR = 1e-4  # cells whose decayed weight fell below this are dropped
 LEVEL_PRIOR_WEIGHT = 0.05  # windows' worth of the prior contention shape in L(m)'s fit
 CONTENTION_PRIOR_WEIGHT = 0.05  # windows' worth of the prior contention in the law's fit
@@ -195,9 +196,9 @@ class Surface:
         """This surface with one more window (measured under ``instances``, batches of at
         most ``max_batch``) folded in.
 
-        The batch law keeps cells only for the sizes that can be its knots: powers of two
-        and ``max_batch``. A batcher runs every size up to its limit; cells for all of them
-        would make the law's fit cost grow with the limit (tens of ms at 128).
+        The batch law keeps cells for the small sizes (they set its slope at light load),
+        powers of two and ``max_batch``: a batcher runs every size up to its limit, and
+        cells for all of them made the fit cost grow with it (80 ms per window at 128).
         """
         stats = [(b, s) for b, s in w.batch_stats.items() if s.count > 0 and s.compute_ms_mean > 0]
         if not stats and w.compute_mean_ms and w.completed > 0:
@@ -226,7 +227,7 @@ class Surface:
         conf = wt * (1.0 if instances == 1 else CONFOUNDED_WEIGHT) / execs
         quarter = round(4.0 * m_seen)
         for b, st in stats:
-            if b & (b - 1) and b != max_batch:
+            if b > SMALL_SIZES and b & (b - 1) and b != max_batch:
                 continue
             cw, cy = cells.get((quarter, b), (0.0, 0.0))
             y = math.log(st.compute_ms_mean)
@@ -393,6 +394,18 @@ def _fit_law(cells: dict[tuple[int, int], tuple[float, float]], prior: BatchLaw)
         (b0, f0), (b1, f1) = knots[-2], knots[-1]
         w_last = min(weight.get(int(b0), weight[int(b1)]), weight[int(b1)])
         seg = (f1 - f0) / (b1 - b0)
+        # Past the table: the slope over the top octave of the sizes run (every size there,
+        # not only the knots). Batch 1 often runs another code path (numpy's vector kernel,
+        # a launch-bound GPU kernel): wide_mlp's 1 -> 2 piece costs 1.3 per item, its 2 -> 3
+        # one 0.2, and extrapolating the first would rule batching out at light load.
+        top = [(b, c / c1, weight[b]) for b, c in zip(sizes, comp, strict=True)]
+        top = [x for x in top if x[0] >= sizes[-1] / 2.0]
+        if len(top) >= 2:
+            tw = sum(x[2] for x in top)
+            mb = sum(x[0] * x[2] for x in top) / tw
+            mf = sum(x[1] * x[2] for x in top) / tw
+            var = sum(x[2] * (x[0] - mb) ** 2 for x in top)
+            seg = sum(x[2] * (x[0] - mb) * (x[1] - mf) for x in top) / var
         slope = (w_last * seg + SLOPE_PRIOR_WEIGHT * ALPHA_PRIOR) / (w_last + SLOPE_PRIOR_WEIGHT)
     else:
         slope = prior.slope
