@@ -406,6 +406,11 @@ def _fit_law(cells: dict[tuple[int, int], tuple[float, float]], prior: BatchLaw)
             mf = sum(x[1] * x[2] for x in top) / tw
             var = sum(x[2] * (x[0] - mb) ** 2 for x in top)
             seg = sum(x[2] * (x[0] - mb) * (x[1] - mf) for x in top) / var
+        if sizes[-1] <= 2:
+            # Light load, batches of 1 and 2 only: the octave is the 1 -> 2 piece, and on
+            # the box it alone made the policy leave b16 n1 for b1 n2 on the warm-up ramp.
+            # No steeper than the prior until a bigger batch is measured.
+            seg = min(seg, ALPHA_PRIOR)
         slope = (w_last * seg + SLOPE_PRIOR_WEIGHT * ALPHA_PRIOR) / (w_last + SLOPE_PRIOR_WEIGHT)
     else:
         slope = prior.slope
