@@ -24,9 +24,9 @@ from dnnscaler.core.types import Slo
 # Known gap (issue #4 stays open). Runs on record (one Triton per model): with the affine
 # batch law (to 8f8233a, 2026-11-29) serial_io and resnet_small passed every full run;
 # wide_mlp passed 3 times and missed 4 (its batch cost is not affine on this CPU). With the
-# batch-size table, wide_mlp passed in the full run of 3d2f4e5 at 11-30 00:27 (b4 n2,
-# 0.93; the other two passed) and, with a draft of it, alone at 11-29 23:53 (b8 n2, the
-# oracle's pick).
+# batch-size table: the full run of 3d2f4e5 at 11-30 00:27 passed all three (wide_mlp b4 n2,
+# 0.93); the clean-clone run of 88ea6a8 at 01:43 passed wide_mlp and serial_io and missed
+# resnet_small, which then passed alone at 02:00 (b8 n2, the oracle's pick).
 # Triton 2.51 can also crash or hang mid-run with request tracing on (docs/triton.md). So
 # the test stays non-strict xfail: it runs in CI and reports, without blocking. Remove the
 # mark once it passes reliably.
