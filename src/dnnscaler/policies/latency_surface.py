@@ -115,12 +115,9 @@ class Surface:
         """Decayed windows of evidence per busy count m (index m-1), up to the largest seen."""
         out: list[float] = []
         for q, cw, _ in self.level_cells:
-            lo, frac = q // 4, (q % 4) / 4.0
-            hi = lo + 1 if frac > 0 else lo
-            out += [0.0] * (hi - len(out))
-            out[lo - 1] += cw * (1.0 - frac)
-            if frac > 0:
-                out[hi - 1] += cw * frac
+            for m, share in _neighbours(q):
+                out += [0.0] * (m - len(out))
+                out[m - 1] += cw * share
         return tuple(out)
 
     @property
@@ -279,6 +276,13 @@ class Surface:
         )
 
 
+def _neighbours(q: int) -> tuple[tuple[int, float], ...]:
+    """The integer busy counts around the busy count ``q / 4`` and their interpolation
+    shares (one count when ``q / 4`` is an integer)."""
+    lo, frac = q // 4, (q % 4) / 4.0
+    return ((lo, 1.0 - frac), (lo + 1, frac)) if frac > 0 else ((lo, 1.0),)
+
+
 def _levels(cells: tuple[tuple[int, float, float], ...], size: int) -> list[float]:
     """``L(m)`` at integer busy counts m = 1..size from windows at fractional ones (0: none).
 
@@ -294,10 +298,7 @@ def _levels(cells: tuple[tuple[int, float, float], ...], size: int) -> list[floa
     touched: set[int] = set()
     for q, cw, _ in cells:
         if cw > 0:
-            lo, frac = q // 4, (q % 4) / 4.0
-            touched.add(min(lo, size))
-            if frac > 0:
-                touched.add(min(lo + 1, size))
+            touched.update(min(m, size) for m, _ in _neighbours(q))
     ms = sorted(touched)
     col = {m: i for i, m in enumerate(ms)}
     rows: list[list[float]] = []
@@ -307,10 +308,8 @@ def _levels(cells: tuple[tuple[int, float, float], ...], size: int) -> list[floa
             continue
         r = [0.0] * len(ms)
         sw = math.sqrt(cw) / ref
-        lo, frac = q // 4, (q % 4) / 4.0
-        r[col[min(lo, size)]] += sw * (1.0 - frac)
-        if frac > 0:
-            r[col[min(lo + 1, size)]] += sw * frac
+        for m, share in _neighbours(q):
+            r[col[min(m, size)]] += sw * share
         rows.append(r)
         rhs.append(sw * cs / cw)
     mean, _, _ = contention_basis()
@@ -346,7 +345,7 @@ def _fit_law(cells: dict[tuple[int, int], tuple[float, float]], prior: BatchLaw)
     levels: set[int] = set()
     for q, b in cells:
         if b in sizes:
-            levels.update(m for m in (q // 4, -(-q // 4)) if m >= 2)
+            levels.update(m for m, _ in _neighbours(q) if m >= 2)
     col = {b: i for i, b in enumerate(sizes)}
     col.update({-m: len(sizes) + j for j, m in enumerate(sorted(levels))})
     rows: list[list[float]] = []
@@ -357,9 +356,8 @@ def _fit_law(cells: dict[tuple[int, int], tuple[float, float]], prior: BatchLaw)
         r = [0.0] * len(col)
         sw = math.sqrt(cw)
         r[col[b]] = sw
-        lo, frac = q // 4, (q % 4) / 4.0
-        for m, share in ((lo, 1.0 - frac), (lo + 1, frac)):
-            if m >= 2 and share > 0:
+        for m, share in _neighbours(q):
+            if m >= 2:
                 r[col[-m]] = sw * share
         rows.append(r)
         rhs.append(cy / sw)  # sqrt(w) * mean log c
