@@ -175,10 +175,6 @@ class Surface:
                 out[m - 1] = max(out[m - 1], l_s * m / m_s)
         return tuple(out)
 
-    def compute_ms(self, b: float, m: int, curve: tuple[float, ...], peak_rps: float) -> float:
-        measured = curve[m - 1] * self.law.factor(b)
-        return max(measured, 1000.0 * m * b / peak_rps) if peak_rps > 0 else measured
-
     def peak_rps(self, curve: tuple[float, ...], max_batch: int) -> float:
         """The GPU roofline in items/s (prior: headroom over the best single knob)."""
         if not curve or curve[0] <= 0:
