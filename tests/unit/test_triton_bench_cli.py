@@ -320,3 +320,24 @@ def test_server_stall_is_noted_only_for_a_long_silence_under_load() -> None:
     hung = serving + [w(10.0 + t, 300.0, 0) for t in range(STALL_WINDOWS)]
     note = server_stall(hung)
     assert note is not None and "t=10s" in note and "b8" in note.replace("max_batch_size=", "b")
+
+
+def test_a_step_whose_tail_is_shed_arrivals_fails_without_a_warning() -> None:
+    # Arrivals shed past the in-flight bound count as infinitely late; a percentile that
+    # lands between two of them is inf - inf in numpy's interpolation (nan, and a warning).
+    import warnings
+
+    import numpy as np
+
+    from dnnscaler.bench.online import WindowRecord
+
+    st = m.Staircase(step_windows=2, min_half_requests=0)
+    ws = [
+        WindowRecord(float(i), 100.0, 50.0, 10, 0, 10.0, 20.0, Knobs(1, 1, 0), "", False)
+        for i in range(2)
+    ]
+    lats = [np.full(10, 20.0), np.concatenate([np.full(5, 20.0), np.full(5, np.inf)])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (step,) = m.step_results(st, ws, lats, 99.0)
+    assert not step.passed and step.latency_ms == float("inf")

@@ -73,7 +73,9 @@ def step_results(
             ok = windows[hi - 1].rate_rps <= 0
             out.append(StepResult(windows[lo].rate_rps, None, ok))
             continue
-        p = float(np.percentile(lat, percentile))
+        with np.errstate(invalid="ignore"):  # shed arrivals are inf; inf - inf is nan
+            p = float(np.percentile(lat, percentile))
+        p = math.inf if math.isnan(p) else p
         out.append(StepResult(windows[lo].rate_rps, p, p <= slo))
     return out
 

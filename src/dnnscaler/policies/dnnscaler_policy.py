@@ -140,7 +140,9 @@ class DnnScalerPolicy:
         return DnnScalerState(
             target=obs.knobs,
             changed_s=obs.now_s,
-            in_force_s=obs.now_s,
+            # We did not set the config in force: its first window measures it (waiting one
+            # more window at an overloaded start only grows the backlog to drain).
+            in_force_s=obs.now_s - obs.window.window_s,
             slo_ms=obs.slo.latency_ms,
             slo_percentile=obs.slo.percentile,
             last_pending=obs.window.pending_requests or 0,
@@ -271,6 +273,12 @@ class DnnScalerPolicy:
         # pessimistic prediction. Only then is the optimistic fallback worth its risk.
         overloaded = load > OVERLOAD_GROWTH * w.throughput_rps or latency > OVERLOAD_TAIL * slo
         if over:
+            broken = {
+                (r.max_batch_size, r.instances)
+                for r in state.records
+                if 0 < r.ceiling_rps <= BROKEN_AT * load
+                and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
+            }
             if best.capacity_rps < load and overloaded:
                 # Nothing is predicted to hold this load with margin: take the config with
                 # the most raw capacity (drain the backlog), unless that is where we are.
@@ -296,12 +304,6 @@ class DnnScalerPolicy:
                     for r in state.records
                     if r.floor_rps >= KNOWN_GOOD * load
                     and (r.ceiling_rps <= 0 or r.ceiling_rps > load)
-                }
-                broken = {
-                    (r.max_batch_size, r.instances)
-                    for r in state.records
-                    if 0 < r.ceiling_rps <= BROKEN_AT * load
-                    and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
                 }
                 best = max(
                     (
@@ -332,6 +334,22 @@ class DnnScalerPolicy:
                 grid = batch_grid(target.max_batch_size)
                 step = PlanEntry(grid[-2], target.instances, 0.0)
                 return self._move(state, obs, step, n_fit, f"latency-bound ({why_tail}): ")
+            wider = (target.max_batch_size, target.instances + 1)
+            saturated = surface.saturated_m
+            if (
+                not overloaded
+                and state.over_windows >= 2
+                and target.instances < n_fit
+                and wider not in broken
+                and (saturated is None or wider[1] <= saturated)
+            ):
+                # Over the SLO twice in a row with the backlog steady and no better config
+                # predicted: the tail is queueing behind busy instances, which one more
+                # instance shortens, unless the device is seen saturated (it would only
+                # time-share). If contention makes it worse, its ceiling says so and it is
+                # not tried again at this load.
+                step = PlanEntry(wider[0], wider[1], 0.0)
+                return self._move(state, obs, step, n_fit, f"queueing ({why_tail}): ")
             return self._hold(state, f"over the SLO at the best known config ({why_tail})")
         # Each recent change doubles the dwell before the next planned one: exploration
         # is allowed, oscillation is not.
