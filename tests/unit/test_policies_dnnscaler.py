@@ -356,7 +356,7 @@ def test_holds_while_a_backlog_drains() -> None:
         return Observation(t, "m", slo, k, limits, w)
 
     o = window(0.0, 600, 2000.0)
-    state = policy.initial_state(o)
+    state = replace(policy.initial_state(o), last_pending=600)  # seen before the windows below
     for t, pending in ((2.0, 450), (3.0, 300), (4.0, 150)):
         dec = policy.decide(window(t, pending, 2000.0), state)
         state = dec.state
@@ -510,12 +510,14 @@ def test_a_measured_busy_count_is_not_optimistic_while_its_evidence_decays() -> 
 
 def test_an_overloaded_start_is_acted_on_in_the_first_window() -> None:
     # The config in force when the policy takes over was not set by it: its first window
-    # is a measurement. Waiting one more window only grows the backlog to drain.
+    # is a measurement. Waiting one more window only grows the backlog to drain. The
+    # backlog found there counts as that window's growth: the offered load is the
+    # throughput plus the backlog (100 + 500 rps here), not the throughput alone.
     policy = DnnScalerPolicy()
     o = _window_obs(1.0, Knobs(16, 1, 0), 100.0, 900.0, 500)
     d = policy.decide(o, policy.initial_state(o))
     assert d.knobs != Knobs(16, 1, 0), d.reason
-    assert d.reason.startswith("over the SLO")
+    assert d.reason.startswith("over the SLO") and "at 600 rps" in d.reason
 
 
 def test_a_queueing_tail_over_the_slo_gets_one_more_instance() -> None:

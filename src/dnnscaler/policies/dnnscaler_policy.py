@@ -145,7 +145,9 @@ class DnnScalerPolicy:
             in_force_s=obs.now_s - obs.window.window_s,
             slo_ms=obs.slo.latency_ms,
             slo_percentile=obs.slo.percentile,
-            last_pending=obs.window.pending_requests or 0,
+            # The backlog found at take-over counts as this window's growth: at an
+            # overloaded start it is what tells the offered load from the throughput.
+            last_pending=0,
         )
 
     # ------------------------------------------------------------------------------------
