@@ -342,14 +342,18 @@ class DnnScalerPolicy:
                 not overloaded
                 and state.over_windows >= 2
                 and target.instances < n_fit
-                and wider not in broken
+                and not any(
+                    (r.max_batch_size, r.instances) == wider and r.ceiling_rps > 0
+                    for r in state.records
+                )
                 and (saturated is None or wider[1] <= saturated)
             ):
                 # Over the SLO twice in a row with the backlog steady and no better config
                 # predicted: the tail is queueing behind busy instances, which one more
                 # instance shortens, unless the device is seen saturated (it would only
-                # time-share). If contention makes it worse, its ceiling says so and it is
-                # not tried again at this load.
+                # time-share). Only once per config: if it broke the SLO too (at any load,
+                # within the records' memory), the rule does not send the policy back (under
+                # a load no config holds, it fed the hunting between configs).
                 step = PlanEntry(wider[0], wider[1], 0.0)
                 return self._move(state, obs, step, n_fit, f"queueing ({why_tail}): ")
             return self._hold(state, f"over the SLO at the best known config ({why_tail})")
