@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory protos-check lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -rxX -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)

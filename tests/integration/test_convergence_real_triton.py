@@ -5,21 +5,23 @@ grid, measured side by side in the same run; and no request fails meanwhile."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from dnnscaler.bench import metrics as m
 from dnnscaler.bench.triton_bench import (
+    BenchServer,
     TritonBenchConfig,
     apply_and_wait,
     converge,
     oracle_sweep,
     side_by_side,
+    start_server,
 )
-from dnnscaler.core.types import Slo
+from dnnscaler.core.types import Knobs, Slo
 
 # Known gap (issue #4 stays open). Runs on record (one Triton per model): with the affine
 # batch law (to 8f8233a, 2026-11-29) serial_io and resnet_small passed every full run;
@@ -32,38 +34,23 @@ from dnnscaler.core.types import Slo
 # passed serial_io and missed wide_mlp and resnet_small (the latter ended early, 135 s);
 # alone at 04:26 wide_mlp passed (b8 n2, the oracle's pick) and resnet_small's Triton died
 # mid-run (connection refused); alone at 04:31 resnet_small passed (b8 n2, the oracle's).
-# Triton 2.51 can also crash or hang mid-run with request tracing on (docs/triton.md). So
-# the test stays non-strict xfail: it runs in CI and reports, without blocking. Remove the
-# mark once it passes reliably.
+# Triton 2.51 can also crash or hang mid-run with request tracing on (docs/triton.md): a
+# model whose server crashed or stopped answering is measured again, once, on a fresh
+# server (11-30 05:51: resnet_small's server crashed after the move to b8 n2). The test
+# stays non-strict xfail: it runs in CI and reports, without blocking; a miss says its
+# figures in CI's short summary (-rxX). Remove the mark once it passes reliably.
 pytestmark = [
     pytest.mark.xfail(strict=False, reason="default policy below 0.9 x oracle on real Triton"),
     pytest.mark.slow,
     pytest.mark.triton,
-    pytest.mark.timeout(400),  # bounds a known-gap run in CI; a timeout counts as the xfail
+    # Bounds a known-gap run in CI (a timeout counts as the xfail); two attempts fit.
+    pytest.mark.timeout(600),
     pytest.mark.asyncio(loop_scope="module"),
 ]
 
 MODELS = ("wide_mlp", "serial_io", "resnet_small")
 SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def triton(request: pytest.FixtureRequest):
-    """A Triton of its own per model: a server crash cannot spill into the next model."""
-    from dnnscaler.agents.backends.triton import TritonBackend
-    from dnnscaler.triton.demo_models import write_repository
-    from dnnscaler.triton.launcher import LocalTriton
-
-    model = request.node.callspec.params["model"]
-    with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
-        repo = Path(tmp) / "models"
-        write_repository(repo, [model])
-        async with LocalTriton(repo, [model], workdir=Path(tmp) / "t") as t:
-            setup = TritonBackend(t.grpc_url, metrics_url=t.metrics_url)
-            await setup.start()
-            yield t, setup
-            await setup.close()
-
+ATTEMPTS = 2  # a server that crashed or hung (not a miss) is replaced once
 
 CFG = replace(
     TritonBenchConfig(),
@@ -76,18 +63,28 @@ CFG = replace(
 )
 
 
-@pytest.mark.parametrize("model", MODELS)
-async def test_converges_near_oracle(triton, model: str) -> None:
-    t, setup = triton
+@dataclass
+class Outcome:
+    knobs: Knobs
+    oracle: Knobs
+    ours_rps: float
+    oracle_rps: float
+    errors: int
+    ladder: list[dict[str, Any]]
+
+
+async def _measure(srv: BenchServer, model: str) -> Outcome:
+    """Oracle sweep, 30 windows of the controller at 0.6 x the oracle, then both configs
+    side by side on one rising ladder, on one server."""
     slo = Slo(latency_ms=SLO_MS[model], percentile=99.0)
-    start = next(i for i in await setup.list_models() if i.name == model).knobs
-    sweep = await oracle_sweep(t.grpc_url, setup, model, slo, CFG)
+    start = next(i for i in await srv.setup.list_models() if i.name == model).knobs
+    sweep = await oracle_sweep(srv.grpc_url, srv.setup, model, slo, CFG)
     best = max(sweep, key=lambda c: c.capacity_rps)
     assert best.capacity_rps > 0
     knobs, errors = await converge(
-        t.grpc_url,
-        t.metrics_url,
-        setup,
+        srv.grpc_url,
+        srv.metrics_url,
+        srv.setup,
         model,
         "dnnscaler",
         start,
@@ -95,11 +92,12 @@ async def test_converges_near_oracle(triton, model: str) -> None:
         rate_rps=0.6 * best.capacity_rps,
         windows=30,
     )
-    assert errors == 0
+    if errors:
+        return Outcome(knobs, best.knobs, 0.0, best.capacity_rps, errors, [])
     # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
     ours, theirs, ladder = await side_by_side(
-        t.grpc_url,
-        setup,
+        srv.grpc_url,
+        srv.setup,
         model,
         knobs,
         best.knobs,
@@ -109,7 +107,59 @@ async def test_converges_near_oracle(triton, model: str) -> None:
         start_rps=0.75 * best.capacity_rps,
         max_rps=1.6 * best.capacity_rps,
     )
-    await apply_and_wait(setup, model, start)
-    ratio = ours / theirs if theirs > 0 else 0.0
-    print(f"{model}: converged {knobs} {ours:.1f} rps vs oracle {best.knobs} {theirs:.1f} rps")
-    assert ratio >= 0.9, (knobs, best.knobs, ladder)
+    await apply_and_wait(srv.setup, model, start)
+    return Outcome(knobs, best.knobs, ours, theirs, 0, ladder)
+
+
+async def _server_failure(srv: BenchServer) -> str | None:
+    """Why the server cannot be trusted any more (crashed, or not answering), or None."""
+    import tritonclient.grpc.aio as grpcclient
+
+    note = srv.death_note()
+    if note:
+        return note
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        live = await client.is_server_live(client_timeout=5)
+    except Exception:  # any failure to answer is the finding
+        live = False
+    finally:
+        await client.close()
+    return None if live else "tritonserver stopped answering"
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_converges_near_oracle(model: str) -> None:
+    from dnnscaler.triton.demo_models import write_repository
+
+    with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
+        repo = Path(tmp) / "models"
+        write_repository(repo, [model])
+        for attempt in range(1, ATTEMPTS + 1):
+            # A Triton of its own per model and attempt: a crash cannot spill over.
+            async with start_server(repo, [model], Path(tmp) / f"t{attempt}") as srv:
+                try:
+                    out = await _measure(srv, model)
+                except Exception:
+                    failure = await _server_failure(srv)
+                    if failure is None:
+                        raise
+                else:
+                    failure = await _server_failure(srv) if out.errors else None
+            if failure is None:
+                break
+            print(f"{model}: attempt {attempt}: {failure}")
+        else:
+            pytest.xfail(f"{model}: the server crashed or hung in every attempt: {failure}")
+    assert out.errors == 0
+    ratio = out.ours_rps / out.oracle_rps if out.oracle_rps > 0 else 0.0
+    summary = (
+        f"{model}: converged {out.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
+        f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt})"
+    )
+    print(summary)
+    if ratio < 0.9:
+        # An imperative xfail carries the figures into CI's short summary (-rxX), which a
+        # marked xfail's fixed reason does not; the ladder goes to the captured output.
+        print(out.ladder)
+        pytest.xfail(summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,11 +62,13 @@ def test_serves_then_leaves_no_process_or_shm(repo: Path) -> None:
         assert server.shm_files(), "the Python backend should hold shared memory while up"
         assert _procs_with(server.shm_prefix), "a stub process should be running"
         prefix = server.shm_prefix
+        assert "echo" in server.log_path.read_text()
+        workdir = server.workdir
     assert not server.running()
     assert not server.group_alive()
     assert server.shm_files() == []
     assert _procs_with(prefix) == []
-    assert "echo" in server.log_path.read_text()
+    assert workdir is not None and not workdir.exists(), "a clean stop removes its temp folder"
 
 
 def test_start_failure_reports_the_log_and_cleans_up(repo: Path) -> None:
@@ -74,6 +77,12 @@ def test_start_failure_reports_the_log_and_cleans_up(repo: Path) -> None:
         server.start()
     assert not server.group_alive()
     assert server.shm_files() == []
+    # The server died on its own: its folder stays, for the log.
+    assert server.workdir is not None
+    try:
+        assert "no_such_model" in server.log_path.read_text()
+    finally:
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 async def test_backend_unavailable_when_triton_is_down(repo: Path) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -314,9 +315,12 @@ class LocalTriton:
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL the whole process group; remove our /dev/shm files
-        and unread trace files (the log stays in the work folder)."""
+        and unread trace files. A work folder we created is removed too when the server
+        stopped cleanly; after a crash or a kill it stays, for its log."""
         proc = self._proc
+        clean = False
         if proc is not None:
+            clean = proc.poll() is None  # running until now: our SIGTERM ends it
             pgid = proc.pid  # start_new_session: the server leads its own group
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -330,6 +334,7 @@ class LocalTriton:
                     proc.wait(timeout=10)
             # Stubs live in the server's group; none may outlive it.
             self._reap_group(pgid)
+            clean = clean and proc.returncode == 0
             log.info("triton.stopped", pid=proc.pid, returncode=proc.returncode)
         self._proc = None
         if self._log_fh is not None:
@@ -347,6 +352,13 @@ class LocalTriton:
                 path.unlink()
         if leftovers:
             log.warning("triton.shm_leftovers_removed", files=[p.name for p in leftovers])
+        if self._own_workdir and self.workdir is not None and self.workdir.exists():
+            if clean:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            elif proc is not None:
+                log.warning(
+                    "triton.workdir_kept", workdir=str(self.workdir), log=str(self.log_path)
+                )
 
     @staticmethod
     def _reap_group(pgid: int) -> None:
