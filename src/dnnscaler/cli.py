@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from types import FrameType
 
 from dnnscaler import __version__
 from dnnscaler.core.logging import configure_logging
@@ -24,6 +27,15 @@ COMMAND_MODULES = (
     "dnnscaler.triton.cli",
     "dnnscaler.loadgen.cli",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (as Ctrl-C would be), so that ``finally``
+    blocks and context managers run: temporary folders go, local servers stop."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"dnnscaler: {e}", file=sys.stderr)
         return 2
+    # Commands that serve until stopped (controller, agent, triton-local) install their own
+    # SIGTERM handling; the others (benchmarks, the demo, loadgen) clean up as on Ctrl-C.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except InvalidValue as e:
         print(f"dnnscaler: invalid configuration: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

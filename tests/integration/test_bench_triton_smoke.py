@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from process_support import procs_with
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton, pytest.mark.timeout(600)]
 
@@ -68,3 +71,39 @@ def test_bench_triton_rejects_unknown_names(tmp_path: Path) -> None:
     assert r.returncode == 2 and "wide_mlp" in r.stderr
     r = subprocess.run([*base, "--policies", "magic"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "dnnscaler" in r.stderr
+
+
+def test_bench_triton_sigterm_stops_its_servers_and_removes_its_files(tmp_path: Path) -> None:
+    # A benchmark stopped by SIGTERM (a CI job's timeout, `systemctl stop`, `kill`) cleans up
+    # as on Ctrl-C: exit 143, its Triton stopped, its temporary folder gone.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "dnnscaler.cli", "--log-level", "warning", "bench", "triton"]
+    cmd += ["--quick", "--models", "serial_io", "--policies", "static-default"]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(tmp.glob("dnnscaler-bench-*/*/tritonserver.log"))
+            if logs and "Started GRPCInferenceService" in logs[0].read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the bench's Triton did not start")
+        assert procs_with(str(tmp)), "a tritonserver should run from the temp folder"
+        time.sleep(2.0)  # into the oracle sweep
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while procs_with(str(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert procs_with(str(tmp)) == []
+    assert list(tmp.iterdir()) == []

@@ -34,9 +34,16 @@ from dnnscaler.core.types import Knobs, Slo
 # passed serial_io and missed wide_mlp and resnet_small (the latter ended early, 135 s);
 # alone at 04:26 wide_mlp passed (b8 n2, the oracle's pick) and resnet_small's Triton died
 # mid-run (connection refused); alone at 04:31 resnet_small passed (b8 n2, the oracle's).
+# At 05:51 (da88a03, with -s) wide_mlp went b16 n1 -> b4 n2 (tied with b8 n2 within 3 %,
+# the smaller batch preferred), b4 n2 broke at 568 rps, its ceiling scaled b8 n2 down and
+# the unmeasured b8 n3 ranked first: 767 against b8 n2's 953 rps (0.80); serial_io passed
+# (1.24); resnet_small's server died of SIGSEGV after the move to b8 n2. At 06:43 (retreat
+# and rescaling rules) serial_io (1.34) and resnet_small (1.00, b8 n2) passed; wide_mlp's
+# sweep ran on a slow box (b8 n2 515, b8 n4 605 rps) and the ladder then failed the
+# oracle's own config at 454 rps: both 0 (the ladder now starts again lower then).
 # Triton 2.51 can also crash or hang mid-run with request tracing on (docs/triton.md): a
 # model whose server crashed or stopped answering is measured again, once, on a fresh
-# server (11-30 05:51: resnet_small's server crashed after the move to b8 n2). The test
+# server. The test
 # stays non-strict xfail: it runs in CI and reports, without blocking; a miss says its
 # figures in CI's short summary (-rxX). Remove the mark once it passes reliably.
 pytestmark = [
@@ -95,18 +102,23 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     if errors:
         return Outcome(knobs, best.knobs, 0.0, best.capacity_rps, errors, [])
     # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
-    ours, theirs, ladder = await side_by_side(
-        srv.grpc_url,
-        srv.setup,
-        model,
-        knobs,
-        best.knobs,
-        slo,
-        # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
-        # ladder's low rungs (2 reloads and probes each) were a third of the test's time.
-        start_rps=0.75 * best.capacity_rps,
-        max_rps=1.6 * best.capacity_rps,
-    )
+    # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
+    # ladder's low rungs (2 reloads and probes each) were a third of the test's time. If
+    # the oracle's own config fails there, the box got slower since the sweep (11-30 06:44:
+    # b8 n4 swept at 605 rps, then failed 454 rps): the ladder starts again lower.
+    for start in (0.75, 0.4):
+        ours, theirs, ladder = await side_by_side(
+            srv.grpc_url,
+            srv.setup,
+            model,
+            knobs,
+            best.knobs,
+            slo,
+            start_rps=start * best.capacity_rps,
+            max_rps=1.6 * best.capacity_rps,
+        )
+        if theirs > 0:
+            break
     await apply_and_wait(srv.setup, model, start)
     return Outcome(knobs, best.knobs, ours, theirs, 0, ladder)
 

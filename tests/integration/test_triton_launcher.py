@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from process_support import procs_with
 
 from dnnscaler.agents.backend import BackendUnavailable
 from dnnscaler.agents.backends.triton import TritonBackend
@@ -35,21 +36,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _procs_with(marker: str) -> list[int]:
-    """PIDs whose command line mentions ``marker`` (our stubs carry the shm prefix)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmd:
-            found.append(int(proc.name))
-    return found
-
-
 def test_serves_then_leaves_no_process_or_shm(repo: Path) -> None:
     with LocalTriton(repo, ["echo"]) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -60,14 +46,14 @@ def test_serves_then_leaves_no_process_or_shm(repo: Path) -> None:
         client.close()
         assert np.array_equal(out, data)
         assert server.shm_files(), "the Python backend should hold shared memory while up"
-        assert _procs_with(server.shm_prefix), "a stub process should be running"
+        assert procs_with(server.shm_prefix), "a stub process should be running"
         prefix = server.shm_prefix
         assert "echo" in server.log_path.read_text()
         workdir = server.workdir
     assert not server.running()
     assert not server.group_alive()
     assert server.shm_files() == []
-    assert _procs_with(prefix) == []
+    assert procs_with(prefix) == []
     assert workdir is not None and not workdir.exists(), "a clean stop removes its temp folder"
 
 
@@ -132,7 +118,7 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         client = grpcclient.InferenceServerClient(info["grpc_url"])
         assert client.is_model_ready("echo")
         client.close()
-        prefix_procs = [p for p in _procs_with(str(tmp_path / "w")) if p != proc.pid]
+        prefix_procs = [p for p in procs_with(str(tmp_path / "w")) if p != proc.pid]
         assert prefix_procs, "tritonserver should run from the given workdir"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -140,4 +126,4 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert _procs_with(str(tmp_path / "w")) == []
+    assert procs_with(str(tmp_path / "w")) == []

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_policies_support import obs
 
+from dnnscaler.bench.online import RunTrace
 from dnnscaler.core.types import (
     BatchStat,
     GpuTelemetry,
@@ -24,6 +25,7 @@ from dnnscaler.core.types import (
 )
 from dnnscaler.policies.batch_law import BatchLaw
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
+from dnnscaler.policies.config_records import ConfigRecord, rescale_records
 from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid, fit_during_change
 from dnnscaler.policies.latency_surface import Surface
 from dnnscaler.sim.profile import shipped_profiles
@@ -519,28 +521,98 @@ def test_an_overloaded_start_is_acted_on_in_the_first_window() -> None:
     assert d.reason.startswith("over the SLO") and "at 600 rps" in d.reason
 
 
+def _bench_replay(
+    profile: str, scenario: str, rate_rps: float, slo_at: Callable[[int], Slo], windows: int
+) -> RunTrace:
+    """``dnnscaler`` on one of the bench's scenarios (1 s windows, seeded as
+    ``bench sim --seed 0``), from the server's defaults."""
+    from dnnscaler.bench.online import run_online
+    from dnnscaler.bench.sim_bench import SimBenchConfig, _seed
+
+    prof = shipped_profiles()[profile]
+    return run_online(
+        prof,
+        DnnScalerPolicy(),
+        label=scenario,
+        rate_at=lambda i: rate_rps,
+        slo_at=slo_at,
+        windows=windows,
+        window_s=1.0,
+        seed=_seed(SimBenchConfig(seed=0), prof, scenario),
+        initial_knobs=Knobs(prof.max_batch_size, 1, 0),
+    )
+
+
 def test_a_queueing_tail_over_the_slo_gets_one_more_instance() -> None:
     # caltech/Mob-V1-025, SLO halved at window 30 (the bench's scenario, seed 0): the
     # model finds no config predicted to do better, and the policy used to sit over the SLO
     # at b1 n4 for 9 windows ("over the SLO at the best known config"); b1 n5 holds it. A
     # latency-bound tail over the SLO twice in a row now gets one more instance.
-    from dnnscaler.bench.online import run_online
-    from dnnscaler.bench.sim_bench import SimBenchConfig, _seed
-
-    prof = shipped_profiles()["caltech/Mob-V1-025"]
-    slo = Slo(prof.default_slo_ms, 99.0)
-    run = run_online(
-        prof,
-        DnnScalerPolicy(),
-        label="slo-halved",
-        rate_at=lambda i: 761.3,
-        slo_at=lambda i: slo if i < 30 else Slo(slo.latency_ms / 2, 99.0),
-        windows=60,
-        window_s=1.0,
-        seed=_seed(SimBenchConfig(seed=0), prof, "slo-halved"),  # as `bench sim --seed 0`
-        initial_knobs=Knobs(prof.max_batch_size, 1, 0),
+    slo = Slo(shipped_profiles()["caltech/Mob-V1-025"].default_slo_ms, 99.0)
+    run = _bench_replay(
+        "caltech/Mob-V1-025",
+        "slo-halved",
+        761.3,
+        lambda i: slo if i < 30 else Slo(slo.latency_ms / 2, 99.0),
+        60,
     )
     holds = [w.reason.startswith("over the SLO at the best known config") for w in run.windows]
     longest = max((len(list(g)) for k, g in itertools.groupby(holds) if k), default=0)
     assert longest <= 2
     assert any(w.reason.startswith("queueing") for w in run.windows)
+
+
+def test_a_failed_exploration_retreats_to_the_config_that_served_the_load() -> None:
+    # imagenet/Inc-V1 at 0.7 x the oracle (the bench's load-drop start, seed 0): at b16 n2,
+    # the oracle's config, serving 770 rps within the SLO, the model predicts more at b32 n3
+    # (never run); it breaks the SLO there. The policy used to follow the next prediction
+    # (b4 n4, b4 n5, b4 n6, b16 n4, ...: 21 windows over the SLO in 30). It now goes back
+    # to b16 n2, which had served that load with margin.
+    slo = Slo(shipped_profiles()["imagenet/Inc-V1"].default_slo_ms, 99.0)
+    run = _bench_replay("imagenet/Inc-V1", "load-drop", 770.3, lambda i: slo, 30)
+    retreats = [w for w in run.windows if w.reason.startswith("retreat")]
+    assert retreats, [w.reason for w in run.windows]
+    over = sum(1 for w in run.windows if (w.latency_ms or 0.0) > w.slo_ms)
+    assert over <= 10, over
+
+
+def test_a_slower_device_is_seen_as_a_shift_and_scales_what_was_measured() -> None:
+    # Ten windows at 10 ms per batch, then the device slows 1.5x (a co-located model): the
+    # surface flags the shift with its ratio, and the policy scales its floors and ceilings
+    # by its inverse (a floor measured on the faster device would promise gone capacity).
+    s = _steady_windows(Surface(), 1, 10.0, 500.0, 1)
+    s = _steady_windows(s, 1, 10.0, 500.0, 6)
+    assert s.shift_s is None
+    w = WindowStats(window_s=1.0, completed=50, batch_stats={1: BatchStat(50, 15.0)})
+    s = s.observe(w, 1, 11.0, memory_s=600.0)
+    assert s.shift_s == 11.0
+    assert s.shift_ratio == pytest.approx(1.5, rel=0.05)
+    recs = (ConfigRecord(1, 1, floor_rps=90.0), ConfigRecord(4, 2, ceiling_rps=300.0))
+    scaled = rescale_records(recs, 1 / s.shift_ratio)
+    assert scaled[0].floor_rps == pytest.approx(60.0, rel=0.05)
+    assert scaled[1].ceiling_rps == pytest.approx(200.0, rel=0.05)
+
+
+def test_the_policy_rescales_its_records_on_a_device_shift() -> None:
+    # The policy measured a floor of 200 rps at b4 n1; in the next window the device is
+    # 1.5x slower (batches of 4 take 12 ms, not 8): the floor becomes ~133 rps.
+    policy = DnnScalerPolicy()
+    k = Knobs(4, 1, 0)
+    surface = Surface()
+    for t in range(1, 8):
+        window = _window_obs(float(t), k, 200.0, 20.0, 0).window
+        surface = surface.observe(window, 1, float(t), 60.0)
+    state = replace(
+        policy.initial_state(_window_obs(7.0, k, 200.0, 20.0, 0)),
+        surface=surface,
+        in_force_s=0.0,
+        records=(ConfigRecord(4, 1, floor_rps=200.0, updated_s=7.0),),
+    )
+    # (At a lighter load, 100 rps: a window that served 200 rps would set the floor anew.)
+    slow = _window_obs(8.0, k, 100.0, 30.0, 0)
+    slow = replace(slow, window=replace(slow.window, batch_stats={4: BatchStat(25, 12.0)}))
+    state = policy.decide(slow, state).state
+    assert state.surface.shift_s == 8.0
+    assert state.surface.shift_ratio == pytest.approx(1.5, rel=0.05)
+    floor = next(r.floor_rps for r in state.records if (r.max_batch_size, r.instances) == (4, 1))
+    assert floor == pytest.approx(200.0 / 1.5, rel=0.05)

@@ -76,3 +76,13 @@ def contention_calibration(records: tuple[ConfigRecord, ...], n_max: int) -> tup
         else:
             out.append(worst)
     return tuple(out)
+
+
+def rescale_records(records: tuple[ConfigRecord, ...], factor: float) -> tuple[ConfigRecord, ...]:
+    """Floors and ceilings times ``factor``: the device's speed changed (a co-located model
+    came or went) and a config's capacity scales with it, roughly inversely to its compute
+    time. Old floors would otherwise promise capacity that is gone."""
+    return tuple(
+        replace(r, floor_rps=r.floor_rps * factor, ceiling_rps=r.ceiling_rps * factor)
+        for r in records
+    )

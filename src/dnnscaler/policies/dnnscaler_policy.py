@@ -33,6 +33,7 @@ from dnnscaler.policies.config_records import (
     CLEAR_PASS,
     ConfigRecord,
     contention_calibration,
+    rescale_records,
     update_records,
 )
 from dnnscaler.policies.latency_surface import Surface
@@ -196,6 +197,11 @@ class DnnScalerPolicy:
         )
         if not surface.known:
             return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
+        if surface.shift_s == obs.now_s and surface.shift_s != state.surface.shift_s:
+            # The device's speed changed under the config in force: what was measured at
+            # every config scales with it.
+            state = replace(state, records=rescale_records(state.records, 1 / surface.shift_ratio))
+        assert state.in_force_s is not None  # set above; the replace hides it from mypy
         moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
         load = w.throughput_rps + max(0, pending - state.last_pending) / max(w.window_s, 1e-6)
         slo = obs.slo.latency_ms
@@ -248,6 +254,12 @@ class DnnScalerPolicy:
                 f"one window over the SLO, watching (p{obs.slo.percentile:g} {latency:.1f}ms"
                 f" / SLO {slo:.1f}ms)",
             )
+        # Whether the config in force had served this load with margin before this window.
+        proven = any(
+            _key(r) == (target.max_batch_size, target.instances)
+            and r.floor_rps >= KNOWN_GOOD * load
+            for r in state.records
+        )
         clear = latency <= CLEAR_PASS * slo
         records = update_records(
             state.records, target, load, over, clear, obs.now_s, self.record_memory_s
@@ -281,6 +293,18 @@ class DnnScalerPolicy:
                 if 0 < r.ceiling_rps <= BROKEN_AT * load
                 and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
             }
+            retreat = self._retreat(state, target, load, broken)
+            if state.exploring and not proven and retreat is not None:
+                # The config in force was never run before, never served this load with
+                # margin, and broke the SLO at a load that a config run before did serve:
+                # the experiment failed, so go back to what is known to work rather than to
+                # the next prediction (the model that predicted this one was just proven
+                # wrong). A config that had served the load first and broke later saw the
+                # device change (a co-located model): old floors are no guide then.
+                entry = PlanEntry(
+                    retreat.max_batch_size, retreat.instances, caps.get(_key(retreat), 0.0)
+                )
+                return self._move(state, obs, entry, n_fit, f"retreat ({why_tail}): ")
             if best.capacity_rps < load and overloaded:
                 # Nothing is predicted to hold this load with margin: take the config with
                 # the most raw capacity (drain the backlog), unless that is where we are.
@@ -400,6 +424,22 @@ class DnnScalerPolicy:
     def _memory(self, obs: Observation) -> float:
         """How long a change counts in the back-off: seconds, or windows for slow models."""
         return max(self.backoff_memory_s, BACKOFF_WINDOWS * obs.window.window_s)
+
+    @staticmethod
+    def _retreat(
+        state: DnnScalerState, target: Knobs, load: float, broken: set[tuple[int, int]]
+    ) -> ConfigRecord | None:
+        """The config measured to serve ``load`` with margin (the highest floor), if any."""
+        here = (target.max_batch_size, target.instances)
+        good = [
+            r
+            for r in state.records
+            if r.floor_rps >= KNOWN_GOOD * load
+            and (r.ceiling_rps <= 0 or r.ceiling_rps > load)
+            and _key(r) != here
+            and _key(r) not in broken
+        ]
+        return max(good, key=lambda r: r.floor_rps, default=None)
 
     @staticmethod
     def _in_force(knobs: Knobs, target: Knobs) -> bool:
@@ -582,6 +622,10 @@ class DnnScalerPolicy:
         # less batch-size drift): rank by capacity rounded to 3 %.
         plan.sort(key=lambda p: (-_bucket(p.capacity_rps), p.instances, p.max_batch_size))
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
+
+
+def _key(r: ConfigRecord) -> tuple[int, int]:
+    return (r.max_batch_size, r.instances)
 
 
 def _q(x: float) -> str:

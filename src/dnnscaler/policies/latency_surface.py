@@ -99,6 +99,10 @@ class Surface:
     # Decayed weight and weighted sum of the busy counts of windows with a saturated device.
     sat_w: float = 0.0
     sat_sum: float = 0.0
+    # The last window that disagreed with the evidence (``SURPRISE``): when, and its compute
+    # over what the surface expected (> 1: the device got slower, e.g. a co-located model).
+    shift_s: float | None = None
+    shift_ratio: float = 1.0
 
     @property
     def saturated_m(self) -> float | None:
@@ -233,6 +237,7 @@ class Surface:
         have = self.bin_w
         near = [m for m in (lo_bin, lo_bin + 1 if frac > 0 else lo_bin) if m <= len(have)]
         measured = len(near) == 2 and all(have[m - 1] >= TRUSTED_WEIGHT for m in near)
+        shift_s, shift_ratio = self.shift_s, self.shift_ratio
         if measured:
             expected = self.curve(size)
             exp_m = expected[lo_bin - 1] * (1 - frac) + expected[min(lo_bin, size - 1)] * frac
@@ -240,6 +245,7 @@ class Surface:
                 keep = 0.2
                 lcells = {q: (cw * keep, cs * keep) for q, (cw, cs) in lcells.items()}
                 # The batch law keeps its evidence: interference scales every size alike.
+                shift_s, shift_ratio = now_s, norm / exp_m
         busy = w.device_busy_share
         if busy is not None and busy >= SATURATED_BUSY:
             sat_w, sat_sum = sat_w + wt, sat_sum + wt * m_seen
@@ -269,6 +275,8 @@ class Surface:
             peak_seen_rps=max(self.peak_seen_rps * (0.5 ** (1.0 / memory_s)), seen),
             sat_w=sat_w,
             sat_sum=sat_sum,
+            shift_s=shift_s,
+            shift_ratio=shift_ratio,
         )
 
 
