@@ -1,8 +1,9 @@
 """The policy contract: a pure function of an observation and a typed, frozen state.
 
 A policy never does I/O and never reads a clock: time comes in ``Observation.now_s``.
-State is a frozen dataclass so the controller can persist it (``dataclasses.asdict``) and a
-restarted controller can resume. The controller calls ``decide`` once per report and sends
+State is a frozen dataclass so the controller can persist it (``core.state_codec``: to
+JSON-able data and back, typed by the dataclass's annotations) and a restarted controller
+can resume. The controller calls ``decide`` once per report and sends
 an update only when the returned knobs differ from those in force.
 """
 

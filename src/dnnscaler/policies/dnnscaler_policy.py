@@ -70,7 +70,7 @@ class PlanEntry:
 
 @dataclass(frozen=True)
 class DnnScalerState:
-    """Everything the policy learned and decided; JSON-persistable via ``asdict``."""
+    """Everything the policy learned and decided; JSON-persistable (``core.state_codec``)."""
 
     surface: Surface = field(default_factory=Surface)
     target: Knobs = field(default_factory=Knobs)
