@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_policies_support import obs
+from test_policies_support import obs, sim_observation
 
 from dnnscaler.bench.online import RunTrace
 from dnnscaler.core.types import (
@@ -278,16 +278,7 @@ def _drive(
         srv.set_interference(interference_at(i))
         srv.advance_to(float(i + 1))
         slo = Slo(prof.default_slo_ms * slo_factor_at(i), 99.0)
-        o = Observation(
-            srv.now_s,
-            prof.name,
-            slo,
-            srv.knobs,
-            prof.limits(),
-            srv.collect_window(),
-            srv.gpu_telemetry(),
-            prof.instance_memory_mb,
-        )
+        o = sim_observation(srv, prof, slo)
         if state is None:
             state = policy.initial_state(o)
         dec = policy.decide(o, state)

@@ -11,6 +11,8 @@ from dnnscaler.core.types import (
     Slo,
     WindowStats,
 )
+from dnnscaler.sim.profile import Profile
+from dnnscaler.sim.server import SimServer
 
 
 def obs(
@@ -56,4 +58,18 @@ def obs(
         ),
         gpu=gpu or GpuTelemetry(),
         instance_memory_mb=instance_memory_mb,
+    )
+
+
+def sim_observation(srv: SimServer, prof: Profile, slo: Slo) -> Observation:
+    """What a policy is given after the simulated server's latest window."""
+    return Observation(
+        srv.now_s,
+        prof.name,
+        slo,
+        srv.knobs,
+        prof.limits(),
+        srv.collect_window(),
+        srv.gpu_telemetry(),
+        prof.instance_memory_mb,
     )

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from test_policies_support import sim_observation
 
 from dnnscaler.core.state_codec import from_data, to_data
 from dnnscaler.core.types import InvalidValue, Knobs, Observation, Slo
@@ -30,16 +31,7 @@ def _observations(profile: str, windows: int, policy: Any) -> list[tuple[Observa
         srv.set_arrival_rate((0.4 if i < windows // 2 else 0.7) * best)
         srv.advance_to(float(i + 1))
         slo = Slo(prof.default_slo_ms * (1.0 if i < 2 * windows // 3 else 0.5), 99.0)
-        obs = Observation(
-            srv.now_s,
-            prof.name,
-            slo,
-            srv.knobs,
-            prof.limits(),
-            srv.collect_window(),
-            srv.gpu_telemetry(),
-            prof.instance_memory_mb,
-        )
+        obs = sim_observation(srv, prof, slo)
         if state is None:
             state = policy.initial_state(obs)
         out.append((obs, state))
