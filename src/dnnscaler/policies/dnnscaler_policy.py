@@ -293,8 +293,12 @@ class DnnScalerPolicy:
                 if 0 < r.ceiling_rps <= BROKEN_AT * load
                 and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
             }
-            retreat = self._retreat(state, target, load, broken)
-            if state.exploring and not proven and retreat is not None:
+            retreat = (
+                self._retreat(state, target, load, broken)
+                if state.exploring and not proven
+                else None
+            )
+            if retreat is not None:
                 # The config in force was never run before, never served this load with
                 # margin, and broke the SLO at a load that a config run before did serve:
                 # the experiment failed, so go back to what is known to work rather than to
