@@ -24,6 +24,7 @@ from dnnscaler.agents.backend import (
     BackendUnavailable,
     KnobRejected,
     ModelInfo,
+    ModelWindow,
 )
 from dnnscaler.agents.config import AgentConfig
 from dnnscaler.agents.telemetry import GpuIdentity, NvmlTelemetry
@@ -43,6 +44,12 @@ log = get_logger(__name__)
 
 class _NotEstablished(Exception):
     """The stream failed before the controller's welcome (retry with backoff)."""
+
+
+@dataclass(frozen=True)
+class _Observed:
+    models: list[ModelWindow]
+    telemetry: GpuTelemetry | None  # the backend's own, if it has any
 
 
 @dataclass
@@ -73,6 +80,11 @@ class Agent:
         self._apply_locks: dict[str, asyncio.Lock] = {}
         self._seq = 0
         self._applies: set[asyncio.Task[None]] = set()
+        # The backend observation in flight: it outlives a report that gave up waiting on it,
+        # so a hung server gets one call at a time, not one more per report.
+        self._observation: asyncio.Task[_Observed] | None = None
+        self._observation_started_s = 0.0
+        self._stalled = False
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -104,6 +116,11 @@ class Agent:
                         await self._session()
             except asyncio.CancelledError:
                 raise
+        if self._observation is not None:
+            self._observation.cancel()
+            with contextlib.suppress(BaseException):
+                await self._observation
+            self._observation = None
         self.log.info("agent_stopped")
 
     async def _ensure_backend(self) -> bool:
@@ -220,11 +237,20 @@ class Agent:
         if total is not None:
             gpu.memory_total_mb = total
         models: list[ModelInfo] = []
-        if self.backend_available or await self._ensure_backend():
+        available, message = False, self._stall_message()
+        if not self._observing():  # never stack a call on a backend that is not answering
             try:
-                models = await self.backend.list_models()
-            except BackendUnavailable as e:
-                self.backend_available, self.backend_message = False, str(e)
+                models = await asyncio.wait_for(
+                    self._hello_models(), timeout=self.config.backend_timeout_s
+                )
+                available, message = self.backend_available, self.backend_message
+            except TimeoutError:
+                message = (
+                    f"{self.backend.kind} backend did not answer within "
+                    f"{self.config.backend_timeout_s:g} s"
+                )
+                self.log.warning("backend_not_answering", during="hello")
+                self.backend_available, self.backend_message = False, message
         return agent_pb2.Hello(
             agent_id=self.agent_id,
             node=self.config.node,
@@ -232,12 +258,32 @@ class Agent:
             backend_kind=self.backend.kind,
             models=[self._model_state(m) for m in models],
             agent_version=__version__,
-            backend_available=self.backend_available,
-            backend_message=self.backend_message,
+            backend_available=available,
+            backend_message=message,
         )
 
+    async def _hello_models(self) -> list[ModelInfo]:
+        if self.backend_available or await self._ensure_backend():
+            try:
+                return await self.backend.list_models()
+            except BackendUnavailable as e:
+                self.backend_available, self.backend_message = False, str(e)
+        return []
+
+    def _observing(self) -> bool:
+        return self._observation is not None and not self._observation.done()
+
+    def _stall_message(self) -> str:
+        waited = time.monotonic() - self._observation_started_s
+        return f"{self.backend.kind} backend not answering (a call pending for {waited:.0f} s)"
+
     async def _telemetry(self) -> GpuTelemetry:
-        own = await self.backend.gpu_telemetry() if self.backend_available else None
+        own = None
+        if self.backend_available and not self._observing():
+            with contextlib.suppress(TimeoutError):
+                own = await asyncio.wait_for(
+                    self.backend.gpu_telemetry(), timeout=self.config.backend_timeout_s
+                )
         return own if own is not None else self.telemetry.read()
 
     async def _report_loop(self, outbox: asyncio.Queue[agent_pb2.AgentMessage | None]) -> None:
@@ -254,17 +300,64 @@ class Agent:
     async def _report(self) -> agent_pb2.Report:
         self._seq += 1
         rep = agent_pb2.Report(seq=self._seq, sent_at_unix_s=time.time())
+        obs = await self._bounded_observation()
+        own: GpuTelemetry | None = None
+        if obs is None:
+            # Still a report (a heartbeat): the controller sees why, not a silent agent.
+            rep.backend_available = False
+            rep.backend_message = self._stall_message()
+        else:
+            for mw in obs.models:
+                rep.models.add(state=self._model_state(mw.info), window=window_to_pb(mw.window))
+            rep.backend_available = self.backend_available
+            rep.backend_message = self.backend_message
+            own = obs.telemetry
+        rep.gpu.CopyFrom(telemetry_to_pb(own if own is not None else self.telemetry.read()))
+        return rep
+
+    async def _bounded_observation(self) -> _Observed | None:
+        """This report's observation, or None while the backend is not answering.
+
+        The first report to find a call pending waits ``backend_timeout_s`` for it; later
+        ones do not wait, so reports keep their cadence while the server hangs.
+        """
+        if self._observation is None:
+            self._observation = asyncio.create_task(self._observe_backend())
+            self._observation_started_s = time.monotonic()
+        task = self._observation
+        done, _ = await asyncio.wait(
+            {task}, timeout=0 if self._stalled else self.config.backend_timeout_s
+        )
+        if not done:
+            if not self._stalled:
+                self.log.warning(
+                    "backend_not_answering", backend=self.backend.kind, during="observe"
+                )
+            self._stalled = True
+            return None
+        self._observation = None
+        result = task.result()  # a bug (not BackendUnavailable) fails this report, logged
+        if self._stalled:
+            # The pending call returned: with an answer, or with its own timeout's error.
+            self.log.info(
+                "backend_answering_again" if self.backend_available else "backend_call_gave_up",
+                backend=self.backend.kind,
+                stalled_s=round(time.monotonic() - self._observation_started_s, 1),
+            )
+        self._stalled = False
+        return result
+
+    async def _observe_backend(self) -> _Observed:
+        """One observation: reconnect if the backend was down, then read every model."""
+        models: list[ModelWindow] = []
         if self.backend_available or await self._ensure_backend():
             try:
-                for mw in await self.backend.observe():
-                    rep.models.add(state=self._model_state(mw.info), window=window_to_pb(mw.window))
+                models = await self.backend.observe()
             except BackendUnavailable as e:
                 self.log.warning("backend_unavailable", error=str(e))
                 self.backend_available, self.backend_message = False, str(e)
-        rep.backend_available = self.backend_available
-        rep.backend_message = self.backend_message
-        rep.gpu.CopyFrom(telemetry_to_pb(await self._telemetry()))
-        return rep
+        own = await self.backend.gpu_telemetry() if self.backend_available else None
+        return _Observed(models, own)
 
     async def _apply(self, model: str, generation: int, knobs: Knobs) -> None:
         """Apply one update, idempotently by generation, one at a time per model.

@@ -22,6 +22,10 @@ class AgentConfig:
     # An update the backend cannot take yet (busy with an earlier change) is retried this long.
     busy_retry_s: float = 90.0
     busy_retry_interval_s: float = 0.5
+    # A backend call for a report (observe, reconnect) or a hello that takes longer than this
+    # is reported as the backend not answering, and the agent goes on reporting meanwhile: a
+    # hung server must not make the agent look dead to the controller (stale_after_s).
+    backend_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if ":" not in self.controller:
@@ -34,6 +38,7 @@ class AgentConfig:
             "backoff_max_s",
             "busy_retry_s",
             "busy_retry_interval_s",
+            "backend_timeout_s",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

@@ -14,6 +14,7 @@ import pytest
 from dnnscaler.bench import metrics as m
 from dnnscaler.bench.triton_bench import (
     BenchServer,
+    ServerStalled,
     TritonBenchConfig,
     apply_and_wait,
     converge,
@@ -167,8 +168,10 @@ async def test_converges_near_oracle(model: str) -> None:
             async with start_server(repo, [model], Path(tmp) / f"t{attempt}") as srv:
                 try:
                     out = await _measure(srv, model)
-                except Exception:
+                except Exception as exc:
                     failure = await _server_failure(srv)
+                    if failure is None and isinstance(exc, ServerStalled):
+                        failure = str(exc)  # hung in its model instances, frontend alive
                     if failure is None:
                         raise
                 else:

@@ -33,6 +33,7 @@ def test_controller_config_rejects(kwargs: dict[str, object], field: str) -> Non
         ({"controller": "x"}, "controller"),
         ({"gpu_index": -1}, "gpu_index"),
         ({"backoff_initial_s": 2, "backoff_max_s": 1}, "backoff_max_s"),
+        ({"backend_timeout_s": 0}, "backend_timeout_s"),
     ],
 )
 def test_agent_config_rejects(kwargs: dict[str, object], field: str) -> None:

@@ -383,6 +383,10 @@ def record_for(
 STALL_WINDOWS = 5
 
 
+class ServerStalled(RuntimeError):
+    """The server completed no request for ``STALL_WINDOWS`` windows under load."""
+
+
 async def with_retries(
     attempt: Callable[[int], Awaitable[tuple[BenchRecord, OnlineRun | None]]], retries: int
 ) -> tuple[BenchRecord, OnlineRun | None]:
@@ -859,7 +863,8 @@ async def converge(
     window_s: float = 1.0,
 ) -> tuple[Knobs, int]:
     """Run ``policy`` through the real controller and agent at a fixed open-loop rate for
-    ``windows`` control windows; return the knobs in force at the end and the client errors."""
+    ``windows`` control windows; return the knobs in force at the end and the client errors.
+    Raises ``ServerStalled`` as soon as the server completes nothing for ``STALL_WINDOWS``."""
     from dnnscaler.agents.backends.triton import TritonBackend
     from dnnscaler.loadgen.generator import LoadGen
 
@@ -881,7 +886,14 @@ async def converge(
     try:
         await agent.connected.wait()
         async with LoadGen(url, model, rate_rps=rate_rps, seed=7, max_duration_s=600) as gen:
-            await asyncio.sleep(windows * window_s)
+            idle = 0
+            for _ in range(windows):
+                await asyncio.sleep(window_s)
+                idle = idle + 1 if gen.window().completed == 0 else 0
+                if idle >= STALL_WINDOWS:  # a hung server: say so now, not after the run
+                    raise ServerStalled(
+                        f"{model}: no request completed for {idle} windows at {rate_rps:.0f} rps"
+                    )
             errors = gen.snapshot().errors
         # Let an update sent in the last window land before reading the result.
         await asyncio.sleep(2 * window_s)
