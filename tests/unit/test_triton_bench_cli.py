@@ -322,6 +322,25 @@ def test_server_stall_is_noted_only_for_a_long_silence_under_load() -> None:
     assert note is not None and "t=10s" in note and "b8" in note.replace("max_batch_size=", "b")
 
 
+def test_a_server_death_too_late_for_the_stall_rule_is_still_the_runs_error() -> None:
+    from dnnscaler.bench.online import WindowRecord
+    from dnnscaler.bench.triton_bench import STALL_WINDOWS, run_error
+    from dnnscaler.core.types import Knobs
+
+    def w(t: float, done: int) -> WindowRecord:
+        return WindowRecord(t, 300.0, 50.0, done, 0, float(done), None, Knobs(8, 2), "x", False)
+
+    serving = [w(float(t), 300) for t in range(10)]
+    assert run_error(serving, None) is None
+    # Run 6 (resnet_small): the server crashed in the last two windows.
+    crashed = serving + [w(10.0 + t, 0) for t in range(2)]
+    note = run_error(crashed, "tritonserver is no longer running (log tail: Signal (11))")
+    assert note is not None and note.startswith("server died during the run: tritonserver")
+    hung = serving + [w(10.0 + t, 0) for t in range(STALL_WINDOWS)]
+    stall = run_error(hung, "tritonserver is no longer running")
+    assert stall is not None and stall.startswith("server stalled")  # the first fault found
+
+
 def test_a_step_whose_tail_is_shed_arrivals_fails_without_a_warning() -> None:
     # Arrivals shed past the in-flight bound count as infinitely late; a percentile that
     # lands between two of them is inf - inf in numpy's interpolation (nan, and a warning).

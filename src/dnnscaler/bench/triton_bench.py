@@ -356,7 +356,12 @@ def _window(gen: Any) -> tuple[Any, np.ndarray]:
 
 
 def record_for(
-    model: str, run: OnlineRun, oracle: ConfigCapacity, slo: Slo, cfg: TritonBenchConfig
+    model: str,
+    run: OnlineRun,
+    oracle: ConfigCapacity,
+    slo: Slo,
+    cfg: TritonBenchConfig,
+    death_note: str | None = None,
 ) -> BenchRecord:
     cap, _ = m.online_capacity(run.steps)
     settle = m.settle_windows(run.windows[: cfg.staircase.step_windows * 3])
@@ -376,8 +381,18 @@ def record_for(
         slo_ms=slo.latency_ms,
         percentile=slo.percentile,
         window_s=cfg.window_s,
-        error=server_stall(run.windows),
+        error=run_error(run.windows, death_note),
     )
+
+
+def run_error(windows: Sequence[WindowRecord], death_note: str | None) -> str | None:
+    """Why a finished run measured the server's fault rather than the policy, else None: a
+    stall, or the server's death (a crash in a run's last windows is too short for the stall
+    rule, yet its failed requests are the server's: run 6, resnet_small)."""
+    stall = server_stall(windows)
+    if stall is None and death_note:
+        return f"server died during the run: {death_note}"
+    return stall
 
 
 STALL_WINDOWS = 5
@@ -582,6 +597,7 @@ async def run_triton_bench(
             """One staircase run of ``pol`` on a fresh server (attempt ``k``)."""
             progress(f"{model}: staircase {pol}" + (f" (attempt {k})" if k > 1 else ""))
             run: OnlineRun | None = None
+            died: str | None = None
             try:
                 async with start_server(repo, [model], workdir(f"{model}-{pol}-{k}")) as srv:
                     run = await run_staircase(
@@ -597,6 +613,7 @@ async def run_triton_bench(
                         static_knobs=static,
                         progress=progress,
                     )
+                    died = srv.death_note()
             except Exception as exc:
                 if run is None:
                     err = failed(model, pol, f"staircase attempt {k}", exc)
@@ -605,7 +622,7 @@ async def run_triton_bench(
                 # The run finished; only stopping its server went wrong.
                 log.warning("bench.server_stop_failed", error=describe_error(exc))
             assert run is not None
-            rec = replace(record_for(model, run, best, slo, cfg), attempts=k)
+            rec = replace(record_for(model, run, best, slo, cfg, died), attempts=k)
             if rec.error:
                 failed(model, pol, f"staircase attempt {k}", RuntimeError(rec.error))
             return rec, run
