@@ -29,7 +29,7 @@ def floor(args: tuple[dict[str, Any], int]) -> tuple[str, list[tuple[float, int,
     prof = shipped_profiles()[rec["model"]]
     cfg = sb.SimBenchConfig(seed=seed)
     slo = cfg.slo_for(prof)
-    rate = 0.5 * rec["oracle_capacity_rps"]
+    rate = cfg.interference_load * rec["oracle_capacity_rps"]
     out = []
     for n in range(1, prof.max_instances + 1):
         for b in batch_grid(prof.max_batch_size):

@@ -41,7 +41,8 @@ class SimBenchConfig:
     staircase: m.Staircase = field(default_factory=m.Staircase)
     phase_windows: int = 30
     warmup_windows: int = 20
-    interference: float = 1.5
+    interference: float = 1.5  # the interference scenario's slowdown of the device
+    interference_load: float = 0.5  # and its load, x the oracle's capacity
     measure: MeasureSpec = field(default_factory=MeasureSpec)
 
     @classmethod
@@ -218,7 +219,7 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         rate=rate_slo,
         initial_knobs=knobs0,
     )
-    rate_int = 0.5 * cap
+    rate_int = cfg.interference_load * cap
     int_run = _scenario(
         profile,
         fresh(),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from dnnscaler.core.types import Approach, Knobs, Observation, instances_that_fit
 from dnnscaler.policies.base import Decision
@@ -226,11 +227,7 @@ class DnnScalerPolicy:
                 f"{latency:.1f}ms / SLO {slo:.1f}ms)",
             )
         planned = next(
-            (
-                p.capacity_rps
-                for p in state.plan
-                if (p.max_batch_size, p.instances) == (target.max_batch_size, target.instances)
-            ),
+            (p.capacity_rps for p in state.plan if _key(p) == _key(target)),
             0.0,
         )
         if (
@@ -256,9 +253,7 @@ class DnnScalerPolicy:
             )
         # Whether the config in force had served this load with margin before this window.
         proven = any(
-            _key(r) == (target.max_batch_size, target.instances)
-            and r.floor_rps >= KNOWN_GOOD * load
-            for r in state.records
+            _key(r) == _key(target) and r.floor_rps >= KNOWN_GOOD * load for r in state.records
         )
         clear = latency <= CLEAR_PASS * slo
         records = update_records(
@@ -275,11 +270,11 @@ class DnnScalerPolicy:
         )
         state = self._learn_tail(state, obs, target, load, latency)
         state = self._replan(state, obs, n_fit, urgent=over)
-        caps = {(p.max_batch_size, p.instances): p.capacity_rps for p in state.plan}
+        caps = {_key(p): p.capacity_rps for p in state.plan}
         if not caps:
             return self._hold(state, "no feasible config predicted")
         best = max(state.plan, key=lambda p: p.capacity_rps)
-        cur_cap = caps.get((target.max_batch_size, target.instances), 0.0)
+        cur_cap = caps.get(_key(target), 0.0)
         why_tail = f"p{obs.slo.percentile:g} {latency:.1f}ms / SLO {slo:.1f}ms at {load:.0f} rps"
         in_force_s = obs.now_s if state.in_force_s is None else state.in_force_s
         since = obs.now_s - in_force_s
@@ -288,10 +283,9 @@ class DnnScalerPolicy:
         overloaded = load > OVERLOAD_GROWTH * w.throughput_rps or latency > OVERLOAD_TAIL * slo
         if over:
             broken = {
-                (r.max_batch_size, r.instances)
+                _key(r)
                 for r in state.records
-                if 0 < r.ceiling_rps <= BROKEN_AT * load
-                and (r.max_batch_size, r.instances) != (target.max_batch_size, target.instances)
+                if 0 < r.ceiling_rps <= BROKEN_AT * load and _key(r) != _key(target)
             }
             retreat = (
                 self._retreat(state, target, load, broken)
@@ -314,7 +308,7 @@ class DnnScalerPolicy:
                 # the most raw capacity (drain the backlog), unless that is where we are.
                 raw_caps = self._raw_capacities(state, obs, n_fit)
                 raw_key = max(raw_caps, key=lambda k: raw_caps[k])
-                cur_raw = raw_caps.get((target.max_batch_size, target.instances), 0.0)
+                cur_raw = raw_caps.get(_key(target), 0.0)
                 raw = PlanEntry(raw_key[0], raw_key[1], raw_caps[raw_key])
                 if raw.capacity_rps > cur_raw * (1.0 + self.min_gain):
                     return self._move(
@@ -330,7 +324,7 @@ class DnnScalerPolicy:
                 # under a load no config holds, the guard and the overload fallback would
                 # swap two configs for ever).
                 good = {
-                    (r.max_batch_size, r.instances)
+                    _key(r)
                     for r in state.records
                     if r.floor_rps >= KNOWN_GOOD * load
                     and (r.ceiling_rps <= 0 or r.ceiling_rps > load)
@@ -339,11 +333,8 @@ class DnnScalerPolicy:
                     (
                         p
                         for p in state.plan
-                        if (
-                            p.max_batch_size <= target.max_batch_size
-                            or (p.max_batch_size, p.instances) in good
-                        )
-                        and (p.max_batch_size, p.instances) not in broken
+                        if (p.max_batch_size <= target.max_batch_size or _key(p) in good)
+                        and _key(p) not in broken
                     ),
                     key=lambda p: p.capacity_rps,
                     default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
@@ -370,10 +361,7 @@ class DnnScalerPolicy:
                 not overloaded
                 and state.over_windows >= 2
                 and target.instances < n_fit
-                and not any(
-                    (r.max_batch_size, r.instances) == wider and r.ceiling_rps > 0
-                    for r in state.records
-                )
+                and not any(_key(r) == wider and r.ceiling_rps > 0 for r in state.records)
                 and (saturated is None or wider[1] <= saturated)
             ):
                 # Over the SLO twice in a row with the backlog steady and no better config
@@ -403,20 +391,17 @@ class DnnScalerPolicy:
             else {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
         )
         best = max(
-            (p for p in state.plan if (p.max_batch_size, p.instances) not in left),
+            (p for p in state.plan if _key(p) not in left),
             key=lambda p: p.capacity_rps,
             default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
         )
         # A config never run is a prediction only: it must promise more to be worth a move.
-        tried = any(
-            (r.max_batch_size, r.instances) == (best.max_batch_size, best.instances)
-            for r in state.records
-        )
+        tried = any(_key(r) == _key(best) for r in state.records)
         gain = self.min_gain if tried else UNTRIED_GAIN
         if best.capacity_rps >= cur_cap * (1.0 + gain) and (
             best.max_batch_size,
             best.instances,
-        ) != (target.max_batch_size, target.instances):
+        ) != _key(target):
             recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
             gone = (target.max_batch_size, target.instances, obs.now_s)
             state = replace(state, left=(*recent[-5:], gone))
@@ -434,7 +419,7 @@ class DnnScalerPolicy:
         state: DnnScalerState, target: Knobs, load: float, broken: set[tuple[int, int]]
     ) -> ConfigRecord | None:
         """The config measured to serve ``load`` with margin (the highest floor), if any."""
-        here = (target.max_batch_size, target.instances)
+        here = _key(target)
         good = [
             r
             for r in state.records
@@ -447,7 +432,7 @@ class DnnScalerPolicy:
 
     @staticmethod
     def _in_force(knobs: Knobs, target: Knobs) -> bool:
-        return (knobs.max_batch_size, knobs.instances) == (target.max_batch_size, target.instances)
+        return _key(knobs) == _key(target)
 
     @staticmethod
     def _legal(k: Knobs, obs: Observation, n_fit: int) -> Knobs:
@@ -473,10 +458,7 @@ class DnnScalerPolicy:
         if new == cur:
             return self._hold(state, why + "no legal step")
         recent = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
-        fresh = not any(
-            (r.max_batch_size, r.instances) == (new.max_batch_size, new.instances)
-            for r in state.records
-        )
+        fresh = not any(_key(r) == _key(new) for r in state.records)
         state = replace(
             state,
             exploring=fresh,
@@ -591,7 +573,7 @@ class DnnScalerPolicy:
         peak = surface.peak_rps(bold, grid[-1])
         bound = self.tail_margin * obs.slo.latency_ms
         quantile = obs.slo.percentile / 100.0
-        recs = {(r.max_batch_size, r.instances): r for r in state.records}
+        recs = {_key(r): r for r in state.records}
         ratios = contention_calibration(state.records, n_max)
         # Instance counts more than EXPLORE_INSTANCES beyond the largest one measured are not
         # candidates: their contention is the prior's guess (the known GPUs' curves), which
@@ -628,8 +610,16 @@ class DnnScalerPolicy:
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
 
 
-def _key(r: ConfigRecord) -> tuple[int, int]:
-    return (r.max_batch_size, r.instances)
+class _Config(Protocol):
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+
+
+def _key(c: _Config) -> tuple[int, int]:
+    """A config's identity (knobs, records and plan entries alike; queue delay is 0)."""
+    return (c.max_batch_size, c.instances)
 
 
 def _q(x: float) -> str:
