@@ -66,7 +66,12 @@ from dnnscaler.triton.model_config import (
     runs_on_cpu,
 )
 from dnnscaler.triton.statistics import Cumulative
-from dnnscaler.triton.tracing import TracedRequest, TraceReader, percentiles_ms
+from dnnscaler.triton.tracing import (
+    TracedRequest,
+    TraceReader,
+    percentiles_ms,
+    sampling_settings,
+)
 
 log = get_logger(__name__)
 
@@ -126,7 +131,10 @@ class TritonBackend:
 
     ``trace_file``: ``"auto"`` asks the server where it writes request traces and uses
     them when the path is on this host; a path forces one; ``None`` disables tail latency
-    from traces (percentiles are then ``None``). ``memory_budget_mb`` caps the sum of
+    from traces (percentiles are then ``None``). ``trace_budget_rps``: requests a second to
+    trace (the server's trace rate is set to 1 in N to match; ``None`` leaves it): Triton
+    2.51 crashes under tracing at a rate that grows with the traced requests, and a tail
+    needs a few hundred samples a window, not all. ``memory_budget_mb`` caps the sum of
     ``instances * instance_memory_mb`` over all models (CPU hosts have no NVML).
     ``cpu_meter``: ``"auto"`` reads this host's CPUs when the server is on loopback (its
     CPU-kind instances then run here); ``None`` never reports a device busy share.
@@ -147,6 +155,7 @@ class TritonBackend:
         default_max_instances: int = 10,
         instance_changes: Literal["reload", "in-place"] = "reload",
         adapt_trace_frequency: bool = True,
+        trace_budget_rps: float | None = 250.0,
         add_transport_overhead: bool = True,
         overhead_probes: int = 3,
         clock: Callable[[], float] = time.monotonic,
@@ -163,6 +172,7 @@ class TritonBackend:
         self.instance_changes = instance_changes
         self._reloads = 0
         self.adapt_trace_frequency = adapt_trace_frequency
+        self.trace_budget_rps = trace_budget_rps
         self.add_transport_overhead = add_transport_overhead
         self.overhead_probes = overhead_probes
         self._overhead_samples: collections.deque[float] = collections.deque(
@@ -173,6 +183,7 @@ class TritonBackend:
         self._models: dict[str, _ModelState] = {}
         self._trace: TraceReader | None = None
         self._trace_log_frequency: int | None = None
+        self._trace_rate: int | None = None
         self._started_s: float | None = None
         self._was_down = False
         self._log = log.bind(backend="triton", url=grpc_url)
@@ -248,6 +259,8 @@ class TritonBackend:
                 path = Path(files[0])
                 freq = values.get("log_frequency") or ["0"]
                 self._trace_log_frequency = int(freq[0]) if freq[0] else 0
+                rate = values.get("trace_rate") or ["1"]
+                self._trace_rate = int(rate[0]) if rate[0] else 1
         else:
             path = Path(self._trace_arg)
         if self._trace is not None and path == self._trace.prefix:
@@ -453,7 +466,7 @@ class TritonBackend:
             total_rate += window.throughput_rps
             st.traced = []
             out.append(ModelWindow(infos[name], window))
-        await self._adapt_trace_frequency(total_rate)
+        await self._adapt_tracing(total_rate)
         return out
 
     async def _stats(self, name: str) -> dict[str, Any]:
@@ -512,23 +525,28 @@ class TritonBackend:
         # host swing by milliseconds, which moved a fast model's p99 by over 15 %.
         return statistics.median(self._overhead_samples)
 
-    async def _adapt_trace_frequency(self, total_rps: float) -> None:
-        """Keep ~8 trace flushes per second so each window has fresh tail samples."""
+    async def _adapt_tracing(self, total_rps: float) -> None:
+        """Trace about ``trace_budget_rps`` requests a second (1 in N), flushed ~8 times a
+        second so each window has fresh tail samples (``tracing.sampling_settings``)."""
         if not self.adapt_trace_frequency or self._trace is None:
             return
-        if self._trace_log_frequency is None or total_rps <= 0:
-            return
-        want = int(min(200, max(1, total_rps / 8)))
-        cur = self._trace_log_frequency
-        if cur and 0.5 <= want / cur <= 2:
+        change = sampling_settings(
+            total_rps, self.trace_budget_rps, self._trace_rate, self._trace_log_frequency
+        )
+        if not change:
             return
         try:
             await self.client.update_trace_settings(
-                settings={"log_frequency": str(want)}, client_timeout=self.request_timeout_s
+                settings={k: str(v) for k, v in change.items()},
+                client_timeout=self.request_timeout_s,
             )
-            self._trace_log_frequency = want
         except InferenceServerException as exc:
-            self._log.info("triton_backend.trace_frequency_unchanged", error=str(exc))
+            self._log.info("triton_backend.trace_settings_unchanged", error=str(exc))
+            return
+        self._trace_rate = change.get("trace_rate", self._trace_rate)
+        self._trace_log_frequency = change.get("log_frequency", self._trace_log_frequency)
+        if "trace_rate" in change:
+            self._log.info("triton_backend.trace_rate", rate=self._trace_rate, rps=round(total_rps))
 
     async def _pending_requests(self) -> dict[str, int]:
         if self.metrics_url is None:

@@ -9,6 +9,7 @@ is shared).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -33,8 +34,11 @@ log = get_logger(__name__)
 
 
 @pytest.fixture
-async def backend(triton_server: LocalTriton) -> AsyncIterator[TritonBackend]:
-    b = TritonBackend(triton_server.grpc_url, triton_server.metrics_url)
+async def backend(
+    triton_server: LocalTriton, request: pytest.FixtureRequest
+) -> AsyncIterator[TritonBackend]:
+    budget = getattr(request, "param", 250.0)
+    b = TritonBackend(triton_server.grpc_url, triton_server.metrics_url, trace_budget_rps=budget)
     await b.start()
     try:
         yield b
@@ -42,16 +46,32 @@ async def backend(triton_server: LocalTriton) -> AsyncIterator[TritonBackend]:
         await b.close()
 
 
+async def _trace_rate(server: LocalTriton) -> int:
+    """The server's trace rate, read by a client independent of the backend."""
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        settings = await client.get_trace_settings(as_json=True)
+        return int(settings["settings"]["trace_rate"]["value"][0])
+    finally:
+        await client.close()
+
+
 def agrees(server_ms: float, client_ms: float) -> bool:
     return abs(server_ms - client_ms) <= max(0.15 * client_ms, 2.0)
 
 
 @pytest.mark.parametrize(
-    ("model", "knobs", "rate_rps"),
+    ("model", "knobs", "rate_rps", "backend"),
     [
-        ("serial_io", Knobs(max_batch_size=1, instances=4), 150.0),  # instance-heavy
-        ("wide_mlp", Knobs(max_batch_size=16, instances=1), 120.0),  # batching-heavy
+        ("serial_io", Knobs(max_batch_size=1, instances=4), 150.0, 250.0),  # instance-heavy
+        ("wide_mlp", Knobs(max_batch_size=16, instances=1), 120.0, 250.0),  # batching-heavy
+        # Sampled: a budget of 100 traced requests a second at 300 rps traces 1 in 3.
+        ("wide_mlp", Knobs(max_batch_size=16, instances=1), 300.0, 100.0),
     ],
+    indirect=["backend"],
+    ids=["serial_io", "wide_mlp", "wide_mlp-sampled"],
 )
 async def test_agent_p99_matches_client_p99(
     backend: TritonBackend, triton_server: LocalTriton, model: str, knobs: Knobs, rate_rps: float
@@ -65,9 +85,13 @@ async def test_agent_p99_matches_client_p99(
     assert outcome.ok, outcome.error
     pairs: list[tuple[float, float]] = []
     async with LoadGen(triton_server.grpc_url, model, rate_rps=rate_rps, seed=7) as gen:
-        await asyncio.sleep(2.0)  # warm up, then start both windows together
-        gen.window()
+        await asyncio.sleep(2.0)  # warm up (the backend sets its trace sampling) ...
         await backend.observe()
+        await asyncio.sleep(1.0)
+        gen.window()  # ... then start both windows together
+        await backend.observe()
+        want_rate = max(1, math.ceil(rate_rps / (backend.trace_budget_rps or rate_rps)))
+        assert await _trace_rate(triton_server) == want_rate
         for _ in range(WINDOWS):
             await asyncio.sleep(WINDOW_S)
             client = gen.window()

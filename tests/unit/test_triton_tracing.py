@@ -93,3 +93,25 @@ def test_reader_follows_a_server_restart(tmp_path: Path) -> None:
     assert len(reader.poll()) == 3
     (tmp_path / "t.0").write_text(json.dumps(_trace(9, "a", 0, 7_000_000)))  # restarted
     assert [r.latency_ms for r in reader.poll()] == [pytest.approx(7.0)]
+
+
+def test_sampling_traces_about_the_budget_and_flushes_eight_times_a_second() -> None:
+    from dnnscaler.triton.tracing import MAX_TRACE_RATE, sampling_settings
+
+    # Under the budget every request is traced; flushes follow the load (x2 hysteresis).
+    assert sampling_settings(120.0, 250.0, 1, 20) == {}
+    assert sampling_settings(400.0, 250.0, 2, 5) == {"log_frequency": 25}
+    # 1,600 rps (resnet_small near its capacity): 1 in 7 traced (~230 a second).
+    assert sampling_settings(1600.0, 250.0, 1, 20) == {"trace_rate": 7}
+    assert sampling_settings(1600.0, 250.0, 1, 5) == {"trace_rate": 7, "log_frequency": 28}
+    # The rate rises at once, and falls only when half of it would do.
+    assert sampling_settings(1800.0, 250.0, 7, 28) == {"trace_rate": 8}
+    assert sampling_settings(1200.0, 250.0, 8, 28) == {}
+    assert sampling_settings(1000.0, 250.0, 8, 28) == {"trace_rate": 4}
+    assert sampling_settings(1e9, 250.0, 1, 200)["trace_rate"] == MAX_TRACE_RATE
+    # No budget: the server's rate stays; the flushes follow the traced requests.
+    assert sampling_settings(1600.0, None, 4, 50) == {}
+    assert sampling_settings(1600.0, None, 1, 50) == {"log_frequency": 200}
+    # Unknown settings are left alone; no load changes nothing.
+    assert sampling_settings(1600.0, 250.0, None, None) == {}
+    assert sampling_settings(0.0, 250.0, 8, 28) == {}

@@ -1,6 +1,6 @@
 """Per-request server latencies from Triton's request trace files (tail latency source).
 
-Triton (trace level TIMESTAMPS, rate 1, ``log_frequency`` N) writes every N finished
+Triton (trace level TIMESTAMPS, rate R, ``log_frequency`` N) writes every N traced (1 in R)
 requests to ``<trace_file>.<index>`` as a JSON list of entries ``{"id", "model_name"}`` and
 ``{"id", "timestamps": [{"name", "ns"}]}``. A request's latency is taken from the moment
 the gRPC frontend finished reading it (``GRPC_WAITREAD_END``) to the moment its response
@@ -138,3 +138,39 @@ class TraceReader:
                 with contextlib.suppress(OSError):
                     path.unlink()
         return out
+
+
+# Sampling: Triton 2.51 crashes or hangs under tracing at a rate that grows with the number
+# of traced requests (docs/triton.md), and tracing costs server CPU at saturation; a tail
+# needs a few hundred samples per window, not every request.
+MAX_TRACE_RATE = 64  # trace at least 1 request in 64
+FLUSHES_PER_S = 8  # trace files per second, so each window has fresh samples
+MAX_LOG_FREQUENCY = 200
+
+
+def sampling_settings(
+    total_rps: float, budget_rps: float | None, rate: int | None, log_frequency: int | None
+) -> dict[str, int]:
+    """The trace settings to change (``trace_rate``, ``log_frequency``) so that about
+    ``budget_rps`` requests a second are traced and flushed ~8 times a second; ``{}`` when
+    nothing needs to change. ``rate``/``log_frequency`` are the values in force (``None``:
+    unknown, left alone); ``budget_rps`` None traces at the rate in force.
+
+    The rate goes up as soon as the load needs it (fewer traced requests protect the server)
+    and down only when half of it would do, so that noise does not flip it.
+    """
+    if total_rps <= 0:
+        return {}
+    out: dict[str, int] = {}
+    in_force = rate if rate is not None and rate >= 1 else 1
+    if budget_rps is not None and budget_rps > 0 and rate is not None:
+        want = min(MAX_TRACE_RATE, max(1, -(-total_rps // budget_rps)))
+        want = int(want)
+        if want > in_force or 2 * want <= in_force:
+            out["trace_rate"] = want
+            in_force = want
+    if log_frequency is not None:
+        freq = int(min(MAX_LOG_FREQUENCY, max(1, total_rps / in_force / FLUSHES_PER_S)))
+        if not (log_frequency and 0.5 <= freq / log_frequency <= 2):
+            out["log_frequency"] = freq
+    return out
