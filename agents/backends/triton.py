@@ -184,6 +184,7 @@ class TritonBackend:
         self._trace: TraceReader | None = None
         self._trace_log_frequency: int | None = None
         self._trace_rate: int | None = None
+        self._recent_rps: collections.deque[float] = collections.deque(maxlen=10)
         self._started_s: float | None = None
         self._was_down = False
         self._log = log.bind(backend="triton", url=grpc_url)
@@ -530,8 +531,10 @@ class TritonBackend:
         second so each window has fresh tail samples (``tracing.sampling_settings``)."""
         if not self.adapt_trace_frequency or self._trace is None:
             return
+        peak = max(self._recent_rps, default=0.0)
+        self._recent_rps.append(total_rps)
         change = sampling_settings(
-            total_rps, self.trace_budget_rps, self._trace_rate, self._trace_log_frequency
+            total_rps, self.trace_budget_rps, self._trace_rate, self._trace_log_frequency, peak
         )
         if not change:
             return

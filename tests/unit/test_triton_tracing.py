@@ -108,6 +108,9 @@ def test_sampling_traces_about_the_budget_and_flushes_eight_times_a_second() -> 
     assert sampling_settings(1800.0, 250.0, 7, 28) == {"trace_rate": 8}
     assert sampling_settings(1200.0, 250.0, 8, 28) == {}
     assert sampling_settings(1000.0, 250.0, 8, 28) == {"trace_rate": 4}
+    # One quiet window (a reload's) under a recent peak does not lower it (conv run 10:00).
+    assert sampling_settings(36.0, 250.0, 3, 23, peak_rps=573.0) == {"log_frequency": 1}
+    assert sampling_settings(36.0, 250.0, 3, 23, peak_rps=0.0)["trace_rate"] == 1
     assert sampling_settings(1e9, 250.0, 1, 200)["trace_rate"] == MAX_TRACE_RATE
     # No budget: the server's rate stays; the flushes follow the traced requests.
     assert sampling_settings(1600.0, None, 4, 50) == {}

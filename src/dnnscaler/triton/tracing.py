@@ -149,23 +149,29 @@ MAX_LOG_FREQUENCY = 200
 
 
 def sampling_settings(
-    total_rps: float, budget_rps: float | None, rate: int | None, log_frequency: int | None
+    total_rps: float,
+    budget_rps: float | None,
+    rate: int | None,
+    log_frequency: int | None,
+    peak_rps: float = 0.0,
 ) -> dict[str, int]:
     """The trace settings to change (``trace_rate``, ``log_frequency``) so that about
     ``budget_rps`` requests a second are traced and flushed ~8 times a second; ``{}`` when
     nothing needs to change. ``rate``/``log_frequency`` are the values in force (``None``:
     unknown, left alone); ``budget_rps`` None traces at the rate in force.
 
-    The rate goes up as soon as the load needs it (fewer traced requests protect the server)
-    and down only when half of it would do, so that noise does not flip it.
+    The rate follows the highest of ``total_rps`` and ``peak_rps`` (the recent peak): it
+    goes up as soon as the load needs it (fewer traced requests protect the server), and
+    down only when half of it would do for the recent peak too, so that one quiet window
+    (a reload's) does not set every request traced under the full load that follows.
     """
     if total_rps <= 0:
         return {}
     out: dict[str, int] = {}
     in_force = rate if rate is not None and rate >= 1 else 1
     if budget_rps is not None and budget_rps > 0 and rate is not None:
-        want = min(MAX_TRACE_RATE, max(1, -(-total_rps // budget_rps)))
-        want = int(want)
+        load = max(total_rps, peak_rps)
+        want = int(min(MAX_TRACE_RATE, max(1, -(-load // budget_rps))))
         if want > in_force or 2 * want <= in_force:
             out["trace_rate"] = want
             in_force = want
