@@ -45,6 +45,10 @@ from dnnscaler.core.types import Knobs, Slo
 # 07:20 (after fixing a shadowed name, see the mark) all three passed: wide_mlp b8 n2 (the
 # oracle's pick; 1.24), serial_io b4 n5 (1.24), resnet_small b8 n3 (1.92; its ladder
 # restarted at 0.4 x because the oracle's b8 n2, swept at 1,506 rps, failed 1,130).
+# At 09:35 (agent survives a hung server; a run with no completion for 5 windows stops as
+# ServerStalled) and 10:00 (the backend traces ~250 requests/s, not all) all three passed
+# both times: wide_mlp and resnet_small at b8 n2 (the oracle's picks), serial_io b4 n5
+# (1.24); 7:56 per run, no crash or hang.
 # Triton 2.51 can also crash or hang mid-run with request tracing on (docs/triton.md): a
 # model whose server crashed or stopped answering is measured again, once, on a fresh
 # server. The test
