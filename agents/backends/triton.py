@@ -208,7 +208,24 @@ class TritonBackend:
         self._started_s = self._clock()
         await self._setup_tracing()
         await self.list_models()
+        await self._baseline()
         self._log.info("triton_backend.started", models=sorted(self._models))
+
+    async def _baseline(self) -> None:
+        """Take every model's counters now: the first window must not count the requests
+        a long-running server served before this backend started (an agent restart read
+        them as one window of a few seconds: thousands of requests a second that never
+        were, which the policy would have learned from)."""
+        for name, st in self._models.items():
+            if not st.available or st.prev_stats is not None:
+                continue
+            try:
+                resp = await self._stats(name)
+            except InferenceServerException:
+                continue  # observe() takes the baseline instead
+            st.prev_stats = Cumulative.parse(resp.get("model_stats", []))
+            st.prev_observe_s = self._clock()
+            st.prev_observe_ns = time.monotonic_ns()
 
     async def close(self) -> None:
         for st in self._models.values():
@@ -452,7 +469,14 @@ class TritonBackend:
                 out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
                 continue
             cum = Cumulative.parse(resp.get("model_stats", []))
-            if st.prev_stats is not None and cum.went_back_from(st.prev_stats):
+            if st.prev_stats is None:
+                # No baseline yet (found after start): this window only takes one.
+                st.prev_stats = cum
+                st.prev_observe_ns = now_ns
+                st.traced = []
+                out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
+                continue
+            if cum.went_back_from(st.prev_stats):
                 self._log.info("triton_backend.stats_reset", model=name)
             delta = cum.minus(st.prev_stats)
             st.prev_stats = cum

@@ -164,6 +164,20 @@ async def test_stats_windows_and_reset(pair: tuple[TritonBackend, FakeClient]) -
     assert second.batch_stats[1].count == 15
 
 
+async def test_first_window_excludes_requests_served_before_start() -> None:
+    # An agent restarted against a long-running server: the 5,000 requests it served before
+    # are not this window's (they read as thousands of requests a second that never were).
+    fake = FakeClient()
+    fake.success = 5000
+    backend = TritonBackend("127.0.0.1:1", trace_file=None)
+    backend._client = fake
+    await backend.start()
+    fake.success = 5012
+    first = (await backend.observe())[0].window
+    assert first.completed == 12
+    assert first.throughput_rps == pytest.approx(12 / first.window_s)
+
+
 async def test_unloaded_model_reported(pair: tuple[TritonBackend, FakeClient]) -> None:
     backend, fake = pair
     fake.state = "UNAVAILABLE"
