@@ -88,6 +88,9 @@ class ConfigCapacity:
     knobs: Knobs
     capacity_rps: float
     probes: list[Probe] = field(default_factory=list)
+    # Not bisected (``capacity_rps`` 0): its throughput ceiling was under a capacity the
+    # sweep had already measured, so it could not be the best config.
+    pruned: bool = False
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -139,14 +142,28 @@ async def _closed_loop_throughput(url: str, model: str, concurrency: int, second
 
 
 async def measure_capacity(
-    url: str, backend: Any, model: str, knobs: Knobs, slo: Slo, cfg: TritonBenchConfig
+    url: str,
+    backend: Any,
+    model: str,
+    knobs: Knobs,
+    slo: Slo,
+    cfg: TritonBenchConfig,
+    beat_rps: float = 0.0,
 ) -> ConfigCapacity:
-    """Highest open-loop rate at which the p-th percentile stays within the SLO."""
+    """Highest open-loop rate at which the p-th percentile stays within the SLO.
+
+    The bisection never probes above 1.05 x the closed-loop throughput, so a config whose
+    bound is at most ``beat_rps`` cannot exceed it: it is returned ``pruned``, unprobed.
+    """
     await apply_and_wait(backend, model, knobs)
     conc = max(2, 2 * knobs.instances * knobs.max_batch_size)
     ceiling = await _closed_loop_throughput(url, model, conc, 2.0)
     out = ConfigCapacity(knobs, 0.0)
     lo, hi = 0.0, max(1.0, ceiling * 1.05)
+    if hi <= beat_rps:
+        out.pruned = True
+        log.info("config_pruned", model=model, knobs=str(knobs), bound_rps=round(hi, 1))
+        return out
     for i in range(cfg.bisect_iters):
         rate = hi if i == 0 else (lo + hi) / 2
         lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, cfg.seed + i)
@@ -211,13 +228,22 @@ async def oracle_sweep(
     slo: Slo,
     cfg: TritonBenchConfig,
     progress: Callable[[str], None] = lambda s: None,
+    prune: bool = False,
 ) -> list[ConfigCapacity]:
+    """Every grid config's capacity. With ``prune``, only the best one is sure to be
+    measured: configs go from the most parallel (batch x instances) down and one whose
+    throughput bound is under the best capacity so far is not bisected (same argmax, about
+    half the probes when the best comes early)."""
     info = await _info(backend, model)
-    out = []
+    out: list[ConfigCapacity] = []
+    configs = grid(cfg, info)
+    if prune:
+        configs.sort(key=lambda k: (-k.max_batch_size * k.instances, -k.max_batch_size))
     async with untraced(url):
-        for k in grid(cfg, info):
+        for k in configs:
             progress(f"{model}: oracle b{k.max_batch_size} n{k.instances}")
-            out.append(await measure_capacity(url, backend, model, k, slo, cfg))
+            best = max((c.capacity_rps for c in out), default=0.0) if prune else 0.0
+            out.append(await measure_capacity(url, backend, model, k, slo, cfg, best))
     return out
 
 
@@ -867,6 +893,16 @@ def cmd_triton(args: Any) -> int:
     return 1 if result.errors else 0
 
 
+@dataclass(frozen=True)
+class Converged:
+    """Where a ``converge`` run ended, and how it got there."""
+
+    knobs: Knobs
+    errors: int
+    # One line per decision that moved the knobs: "t=<s> <reason>" (the policy's words).
+    moves: tuple[str, ...] = ()
+
+
 async def converge(
     url: str,
     metrics_url: str | None,
@@ -878,10 +914,11 @@ async def converge(
     rate_rps: float,
     windows: int,
     window_s: float = 1.0,
-) -> tuple[Knobs, int]:
+) -> Converged:
     """Run ``policy`` through the real controller and agent at a fixed open-loop rate for
-    ``windows`` control windows; return the knobs in force at the end and the client errors.
-    Raises ``ServerStalled`` as soon as the server completes nothing for ``STALL_WINDOWS``."""
+    ``windows`` control windows; return the knobs in force at the end, the client errors and
+    the policy's moves. Raises ``ServerStalled`` as soon as the server completes nothing for
+    ``STALL_WINDOWS``."""
     from dnnscaler.agents.backends.triton import TritonBackend
     from dnnscaler.loadgen.generator import LoadGen
 
@@ -902,10 +939,17 @@ async def converge(
     task = asyncio.create_task(agent.run())
     try:
         await agent.connected.wait()
+        moves: list[str] = []
+        changes = 0
+        t0 = time.monotonic()
         async with LoadGen(url, model, rate_rps=rate_rps, seed=7, max_duration_s=600) as gen:
             idle = 0
             for _ in range(windows):
                 await asyncio.sleep(window_s)
+                loop = controller.registry.loops_for(model)
+                if loop and loop[0].knob_changes > changes:
+                    changes = loop[0].knob_changes
+                    moves.append(f"t={time.monotonic() - t0:.0f} {loop[0].last_reason}")
                 idle = idle + 1 if gen.window().completed == 0 else 0
                 if idle >= STALL_WINDOWS:  # a hung server: say so now, not after the run
                     raise ServerStalled(
@@ -921,7 +965,7 @@ async def converge(
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    return knobs, errors
+    return Converged(knobs, errors, tuple(moves))
 
 
 async def side_by_side(
@@ -936,23 +980,34 @@ async def side_by_side(
     probe_s: float = 3.0,
     max_steps: int = 16,
     max_rps: float | None = None,
+    verdict_ratio: float | None = None,
 ) -> tuple[float, float, list[dict[str, Any]]]:
     """Capacities of configs ``a`` and ``b`` measured alternately on one rising rate ladder,
-    so both see the same rates and the same background noise. Each config's capacity is the
-    highest rate it passed before failing twice in a row."""
+    so both see the same rates and the same background noise (in the order a b, b a, a b,
+    ... so that half the probes need no reload). Each config's capacity is the highest rate
+    it passed before failing twice in a row.
+
+    With ``verdict_ratio``, the ladder stops as soon as whether ``a >= verdict_ratio * b``
+    is decided: the capacity still climbing is then a lower bound."""
     cfg = replace(TritonBenchConfig(), probe_s=probe_s, warm_s=1.0)
     caps = {"a": 0.0, "b": 0.0}
     fails = {"a": 0, "b": 0}
     log_rows: list[dict[str, Any]] = []
+    in_force: Knobs | None = None
     async with untraced(url):
         for i in range(max_steps):
             rate = start_rps * (1 + step_frac) ** i
             if max_rps is not None and rate > max_rps:
                 break
-            for key, knobs in (("a", a), ("b", b)):
+            # a, b on even rungs and b, a on odd ones: each rung starts with the config the
+            # last one ended on, so a reload is needed every other probe, not every probe.
+            order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
+            for key, knobs in order:
                 if fails[key] >= 2:
                     continue
-                await apply_and_wait(backend, model, knobs)
+                if knobs != in_force:
+                    await apply_and_wait(backend, model, knobs)
+                    in_force = knobs
                 lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
                 ok = lat is not None and lat <= slo.latency_ms and errors == 0
                 log_rows.append(
@@ -964,5 +1019,10 @@ async def side_by_side(
                 else:
                     fails[key] += 1
             if fails["a"] >= 2 and fails["b"] >= 2:
+                break
+            if verdict_ratio is not None and (
+                (fails["b"] >= 2 and caps["a"] >= verdict_ratio * caps["b"])
+                or (fails["a"] >= 2 and caps["a"] < verdict_ratio * caps["b"])
+            ):
                 break
     return caps["a"], caps["b"], log_rows

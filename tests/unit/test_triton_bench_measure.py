@@ -1,0 +1,135 @@
+"""The measurement logic of ``bench triton``'s oracle sweep and side-by-side ladder, on a
+fake server whose configs have known capacities (no Triton: the probes are the fakes)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from dnnscaler.agents.backend import ModelInfo
+from dnnscaler.bench import triton_bench as tb
+from dnnscaler.core.types import KnobLimits, Knobs, Slo
+
+SLO = Slo(latency_ms=50.0, percentile=99.0)
+CFG = replace(tb.TritonBenchConfig(), batch_grid=(1, 8), instance_grid=(1, 2, 4), bisect_iters=3)
+
+
+class FakeServer:
+    """Capacity per config; a probe passes at or under it. Throughput ceiling 1.2 x it."""
+
+    def __init__(self, caps: dict[tuple[int, int], float]) -> None:
+        self.caps = caps
+        self.knobs = Knobs(1, 1, 0)
+        self.probes: list[tuple[Knobs, float]] = []
+        self.applies = 0
+
+    def cap(self) -> float:
+        return self.caps[(self.knobs.max_batch_size, self.knobs.instances)]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def apply_and_wait(backend: Any, model: str, knobs: Knobs) -> None:
+            self.knobs = knobs
+            self.applies += 1
+
+        async def info(backend: Any, model: str) -> ModelInfo:
+            return ModelInfo(model, self.knobs, KnobLimits(max_batch_size=8, max_instances=4))
+
+        async def closed(url: str, model: str, concurrency: int, seconds: float) -> float:
+            return 1.2 * self.cap()
+
+        async def probe(
+            url: str, model: str, rate: float, slo: Slo, cfg: Any, seed: int
+        ) -> tuple[float | None, int, int]:
+            self.probes.append((self.knobs, rate))
+            return (40.0 if rate <= self.cap() else 80.0), 0, int(rate)
+
+        @contextlib.asynccontextmanager
+        async def untraced(url: str) -> AsyncIterator[None]:
+            yield
+
+        monkeypatch.setattr(tb, "apply_and_wait", apply_and_wait)
+        monkeypatch.setattr(tb, "_info", info)
+        monkeypatch.setattr(tb, "_closed_loop_throughput", closed)
+        monkeypatch.setattr(tb, "_open_loop_probe", probe)
+        monkeypatch.setattr(tb, "untraced", untraced)
+
+
+CAPS = {(1, 1): 100.0, (1, 2): 180.0, (1, 4): 250.0, (8, 1): 400.0, (8, 2): 700.0, (8, 4): 650.0}
+
+
+async def test_a_pruned_sweep_picks_the_same_config_with_fewer_probes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    full, pruned = FakeServer(CAPS), FakeServer(CAPS)
+    full.install(monkeypatch)
+    every = await tb.oracle_sweep("url", None, "m", SLO, CFG)
+    pruned.install(monkeypatch)
+    some = await tb.oracle_sweep("url", None, "m", SLO, CFG, prune=True)
+
+    def best(caps: list[tb.ConfigCapacity]) -> Knobs:
+        return max(caps, key=lambda c: c.capacity_rps).knobs
+
+    assert best(some) == best(every) == Knobs(8, 2, 0)
+    assert not any(c.pruned for c in every)
+    # b8 n4 first (650 measured), then b8 n2 (700); the b1 configs' bounds (1.26 x their
+    # capacity) are under 700 and b8 n1's (504) too: four configs not bisected.
+    assert {c.knobs for c in some if c.pruned} == {Knobs(b, n, 0) for b, n in CAPS if b == 1} | {
+        Knobs(8, 1, 0)
+    }
+    assert all(c.capacity_rps == 0 and not c.probes for c in some if c.pruned)
+    assert len(pruned.probes) < len(full.probes) / 2
+
+
+async def test_a_config_whose_bound_could_beat_the_best_is_still_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # b8 n1's bound (1.26 x 600 = 756) is over the best so far (b8 n2, 700): bisected.
+    server = FakeServer({**CAPS, (8, 1): 600.0})
+    server.install(monkeypatch)
+    some = await tb.oracle_sweep("url", None, "m", SLO, CFG, prune=True)
+    b8n1 = next(c for c in some if c.knobs == Knobs(8, 1, 0))
+    assert not b8n1.pruned and b8n1.capacity_rps > 0
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "passes"),
+    [(300.0, 280.0, True), (260.0, 280.0, True), (150.0, 300.0, False)],
+)
+async def test_the_ladder_stops_once_the_verdict_is_known(
+    monkeypatch: pytest.MonkeyPatch, ours: float, theirs: float, passes: bool
+) -> None:
+    a, b = Knobs(4, 2, 0), Knobs(8, 2, 0)
+    caps = {(4, 2): ours, (8, 2): theirs}
+    whole, short = FakeServer(caps), FakeServer(caps)
+    whole.install(monkeypatch)
+    cap_a, cap_b, _ = await tb.side_by_side("url", None, "m", a, b, SLO, start_rps=100.0)
+    short.install(monkeypatch)
+    got_a, got_b, _ = await tb.side_by_side(
+        "url", None, "m", a, b, SLO, start_rps=100.0, verdict_ratio=0.9
+    )
+    # The same verdict as the whole ladder's, from fewer or as many probes.
+    assert (got_a >= 0.9 * got_b) == (cap_a >= 0.9 * cap_b) == passes
+    assert len(short.probes) <= len(whole.probes)
+    if passes:
+        assert got_b == cap_b and got_a <= cap_a  # ours is a lower bound once decided
+    else:
+        assert got_a == cap_a and got_b <= cap_b
+    if ours > theirs / 0.9 or ours < 0.9 * theirs:
+        assert len(short.probes) < len(whole.probes)
+    # Every probe ran on its own config, and a reload came every other probe at most.
+    assert all(k in (a, b) for k, _ in whole.probes)
+    assert whole.applies <= len(whole.probes) // 2 + 2
+
+
+async def test_each_rung_probes_both_configs_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = Knobs(4, 2, 0), Knobs(8, 2, 0)
+    server = FakeServer({(4, 2): 500.0, (8, 2): 500.0})
+    server.install(monkeypatch)
+    await tb.side_by_side("url", None, "m", a, b, SLO, start_rps=100.0, max_rps=300.0)
+    rates = sorted({r for _, r in server.probes})
+    for r in rates:
+        assert sorted(k.max_batch_size for k, x in server.probes if x == r) == [4, 8]
