@@ -193,6 +193,7 @@ async def test_converges_near_oracle(model: str) -> None:
         f" seconds {out.phases_s})"
     )
     print(summary)
+    print(f"{model} moves: {' | '.join(out.moves)}")
     if ratio < RATIO:
         # An imperative xfail carries the figures into CI's short summary (-rxX), which a
         # marked xfail's fixed reason does not (and CI keeps no captured output of an

@@ -47,6 +47,7 @@ STEADY_GROWTH = 0.2  # or with the backlog growing by this share of the completi
 MIN_EVIDENCE = 2.0  # full windows of compute statistics before the first planned move
 DWELL_WINDOWS = 2.0  # the dwell is at least this many windows (second-scale models)
 BACKOFF_WINDOWS = 30.0  # and the back-off memory at least this many
+SURFACE_WINDOWS = 60.0  # the surface's half-life is at least this many windows
 SLO_CHANGE_WINDOW_S = 30.0  # after an SLO change, a latency-bound tail steps batches down
 OVERLOAD_GROWTH = 1.05  # measured load over throughput that means a growing backlog
 OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
@@ -194,7 +195,7 @@ class DnnScalerPolicy:
             return self._hold(replace(state, last_pending=pending), "no completed requests")
 
         surface = state.surface.observe(
-            w, obs.knobs.instances, obs.now_s, self.memory_s, obs.knobs.max_batch_size
+            w, obs.knobs.instances, obs.now_s, self._surface_memory(obs), obs.knobs.max_batch_size
         )
         if not surface.known:
             return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
@@ -409,6 +410,11 @@ class DnnScalerPolicy:
         return self._hold(state, f"holding, predicted capacity {cur_cap:.0f} rps ({why_tail})")
 
     # ------------------------------------------------------------------------------------
+
+    def _surface_memory(self, obs: Observation) -> float:
+        """The surface's half-life: seconds, or windows for slow models (a second-scale
+        model's windows are ~10 s long: 60 s kept under five windows of evidence)."""
+        return max(self.memory_s, SURFACE_WINDOWS * obs.window.window_s)
 
     def _memory(self, obs: Observation) -> float:
         """How long a change counts in the back-off: seconds, or windows for slow models."""
