@@ -610,9 +610,12 @@ class DnnScalerPolicy:
                     if r.ceiling_rps > 0:
                         cap = min(cap, 0.97 * r.ceiling_rps)
                 plan.append(PlanEntry(b, n, cap))
-        # Among near-equal configs prefer fewer instances and smaller batches (less memory,
-        # less batch-size drift): rank by capacity rounded to 3 %.
-        plan.sort(key=lambda p: (-_bucket(p.capacity_rps), p.instances, p.max_batch_size))
+        # Every choice takes the highest capacity (``max`` keeps the first of equals), so
+        # the order only breaks exact ties, as when one floor or ceiling sets several
+        # configs' capacity: fewer instances, then smaller batches (less memory, less
+        # batch-size drift). (It used to rank by capacity rounded to 3 %, which read as a
+        # 3 % tie-break but, under ``max``, never acted as one.)
+        plan.sort(key=lambda p: (-p.capacity_rps, p.instances, p.max_batch_size))
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
 
 
@@ -633,10 +636,6 @@ def _q(x: float) -> str:
     if x <= 0:
         return "0"
     return str(round(math.log(x) / math.log(1.03)))
-
-
-def _bucket(x: float) -> int:
-    return round(math.log(x) / math.log(1.03)) if x > 0 else -(10**9)
 
 
 def _approach(k: Knobs) -> Approach:
