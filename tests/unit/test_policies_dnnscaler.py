@@ -555,19 +555,19 @@ def _bench_replay(
     )
 
 
+def _slo_halved_replay(profile: str, rate_rps: float) -> RunTrace:
+    """The bench's ``slo-halved`` scenario (seed 0): the SLO halves at window 30 of 60."""
+    slo = Slo(shipped_profiles()[profile].default_slo_ms, 99.0)
+    half = Slo(slo.latency_ms / 2, 99.0)
+    return _bench_replay(profile, "slo-halved", rate_rps, lambda i: slo if i < 30 else half, 60)
+
+
 def test_a_queueing_tail_over_the_slo_gets_one_more_instance() -> None:
-    # caltech/Mob-V1-025, SLO halved at window 30 (the bench's scenario, seed 0): the
-    # model finds no config predicted to do better, and the policy used to sit over the SLO
-    # at b1 n4 for 9 windows ("over the SLO at the best known config"); b1 n5 holds it. A
-    # latency-bound tail over the SLO twice in a row now gets one more instance.
-    slo = Slo(shipped_profiles()["caltech/Mob-V1-025"].default_slo_ms, 99.0)
-    run = _bench_replay(
-        "caltech/Mob-V1-025",
-        "slo-halved",
-        761.3,
-        lambda i: slo if i < 30 else Slo(slo.latency_ms / 2, 99.0),
-        60,
-    )
+    # caltech/Mob-V1-025 with the SLO halved: the model finds no config predicted to do
+    # better, and the policy used to sit over the SLO at b1 n4 for 9 windows ("over the SLO
+    # at the best known config"); b1 n5 holds it. A latency-bound tail over the SLO twice in
+    # a row now gets one more instance.
+    run = _slo_halved_replay("caltech/Mob-V1-025", 761.3)
     holds = [w.reason.startswith("over the SLO at the best known config") for w in run.windows]
     longest = max((len(list(g)) for k, g in itertools.groupby(holds) if k), default=0)
     assert longest <= 2
@@ -575,14 +575,7 @@ def test_a_queueing_tail_over_the_slo_gets_one_more_instance() -> None:
     # that run takes another path (b4 n5, then b2 n4 and b2 n5) and needs no queueing move.
     # synthetic/batch-vs-mt at the same scenario still does: twice over the halved SLO at
     # b1 n3 with nothing better predicted, it adds an instance at the same batch size.
-    slo = Slo(shipped_profiles()["synthetic/batch-vs-mt"].default_slo_ms, 99.0)
-    run = _bench_replay(
-        "synthetic/batch-vs-mt",
-        "slo-halved",
-        213.8,
-        lambda i: slo if i < 30 else Slo(slo.latency_ms / 2, 99.0),
-        60,
-    )
+    run = _slo_halved_replay("synthetic/batch-vs-mt", 213.8)
     moves = [
         (w.knobs, run.windows[i + 2].knobs)
         for i, w in enumerate(run.windows[:-2])
