@@ -108,11 +108,9 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         windows=30,
     )
     knobs = run.knobs
-    if run.errors:
-        return Outcome(
-            knobs, best.knobs, 0.0, best.capacity_rps, run.errors, [], lap("converge"), run.moves
-        )
     lap("converge")
+    if run.errors:
+        return Outcome(knobs, best.knobs, 0.0, best.capacity_rps, run.errors, [], phases, run.moves)
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
         # two noises (11-30 07:45 in CI: b8 n2 against b8 n2 read 886 and 1,024 rps).
