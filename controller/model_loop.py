@@ -59,6 +59,12 @@ class ModelLoop:
     _policy: Policy[Any] | None = None
     _state: Any = None
 
+    @property
+    def policy_state(self) -> Any:
+        """The policy's state after its last decision (None before the first): read-only
+        diagnostics (benchmarks print the plan a run ended on)."""
+        return self._state
+
     def set_policy(self, name: str, params: dict[str, Any] | None = None) -> None:
         """Switch policy; the new one starts from the knobs in force at the next report."""
         self._policy = make_policy(name, **(params or {}))

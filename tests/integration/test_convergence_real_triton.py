@@ -15,6 +15,7 @@ import pytest
 from dnnscaler.bench import metrics as m
 from dnnscaler.bench.triton_bench import (
     BenchServer,
+    Converged,
     ServerStalled,
     TritonBenchConfig,
     apply_and_wait,
@@ -67,14 +68,12 @@ CFG = replace(
 
 @dataclass
 class Outcome:
-    knobs: Knobs
+    run: Converged  # where the controller ended (knobs, errors), its moves and last plan
     oracle: Knobs
     ours_rps: float
     oracle_rps: float
-    errors: int
     ladder: list[dict[str, Any]]
     phases_s: dict[str, float]
-    moves: tuple[str, ...]
 
 
 async def _measure(srv: BenchServer, model: str) -> Outcome:
@@ -110,13 +109,11 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     knobs = run.knobs
     lap("converge")
     if run.errors:
-        return Outcome(knobs, best.knobs, 0.0, best.capacity_rps, run.errors, [], phases, run.moves)
+        return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases)
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
         # two noises (11-30 07:45 in CI: b8 n2 against b8 n2 read 886 and 1,024 rps).
-        return Outcome(
-            knobs, best.knobs, best.capacity_rps, best.capacity_rps, 0, [], phases, run.moves
-        )
+        return Outcome(run, best.knobs, best.capacity_rps, best.capacity_rps, [], phases)
     # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
     # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
     # ladder's low rungs (2 reloads and probes each) were a third of the test's time. If
@@ -137,7 +134,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         if theirs > 0:
             break
     await apply_and_wait(srv.setup, model, start)
-    return Outcome(knobs, best.knobs, ours, theirs, 0, ladder, lap("ladder"), run.moves)
+    return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"))
 
 
 async def _server_failure(srv: BenchServer) -> str | None:
@@ -176,24 +173,26 @@ async def test_converges_near_oracle(model: str) -> None:
                     if failure is None:
                         raise
                 else:
-                    failure = await _server_failure(srv) if out.errors else None
+                    failure = await _server_failure(srv) if out.run.errors else None
             if failure is None:
                 break
             print(f"{model}: attempt {attempt}: {failure}")
         else:
             pytest.xfail(f"{model}: the server crashed or hung in every attempt: {failure}")
-    assert out.errors == 0
+    assert out.run.errors == 0
     ratio = out.ours_rps / out.oracle_rps if out.oracle_rps > 0 else 0.0
     # The ladder stops once the verdict is known: a passing ratio is a lower bound.
     summary = (
-        f"{model}: converged {out.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
+        f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
         f" seconds {out.phases_s})"
     )
     print(summary)
-    print(f"{model} moves: {' | '.join(out.moves)}")
+    moves = " | ".join(out.run.moves)
+    print(f"{model} moves: {moves}")
+    print(f"{model} final {out.run.plan}")
     if ratio < RATIO:
         # An imperative xfail carries the figures into CI's short summary (-rxX), which a
         # marked xfail's fixed reason does not (and CI keeps no captured output of an
         # xfail): the policy's moves and the ladder go into it too.
-        pytest.xfail(f"{summary}; moves: {' | '.join(out.moves)}; ladder: {out.ladder}")
+        pytest.xfail(f"{summary}; moves: {moves}; final {out.run.plan}; ladder: {out.ladder}")

@@ -26,7 +26,14 @@ from dnnscaler.core.types import (
 from dnnscaler.policies.batch_law import BatchLaw
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
 from dnnscaler.policies.config_records import ConfigRecord, rescale_records
-from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, batch_grid, fit_during_change
+from dnnscaler.policies.dnnscaler_policy import (
+    DnnScalerPolicy,
+    DnnScalerState,
+    PlanEntry,
+    batch_grid,
+    fit_during_change,
+    plan_summary,
+)
 from dnnscaler.policies.latency_surface import Surface
 from dnnscaler.sim.profile import shipped_profiles
 from dnnscaler.sim.server import SimServer
@@ -267,6 +274,18 @@ def test_one_marginal_window_at_a_roomy_load_is_watched_and_a_second_acts() -> N
     assert all(r.ceiling_rps == 0.0 for r in d.state.records)
     d = policy.decide(_window_obs(13.0, k, 300.0, 52.5, 0), d.state)
     assert any(r.ceiling_rps > 0.0 for r in d.state.records)
+
+
+def test_plan_summary_ranks_the_plan_and_lists_what_was_measured() -> None:
+    state = DnnScalerState(
+        plan=(PlanEntry(4, 2, 1072.4), PlanEntry(8, 2, 1366.0), PlanEntry(16, 1, 900.0)),
+        records=(ConfigRecord(16, 1, floor_rps=559.0), ConfigRecord(4, 2, ceiling_rps=604.0)),
+    )
+    assert plan_summary(state) == (
+        "plan (rps) b8n2=1366, b4n2=1072, b16n1=900; "
+        "measured b16n1 floor 559 ceiling 0, b4n2 floor 0 ceiling 604"
+    )
+    assert plan_summary(DnnScalerState()) == "plan (rps) -; measured -"
 
 
 def test_batch_grid() -> None:

@@ -39,6 +39,7 @@ from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import Knobs, Slo
+from dnnscaler.policies.dnnscaler_policy import DnnScalerState, plan_summary
 
 log = get_logger(__name__)
 
@@ -901,6 +902,8 @@ class Converged:
     errors: int
     # One line per decision that moved the knobs: "t=<s> <reason>" (the policy's words).
     moves: tuple[str, ...] = ()
+    # The ``dnnscaler`` policy's last plan and measured floors/ceilings ("" for others).
+    plan: str = ""
 
 
 async def converge(
@@ -959,13 +962,16 @@ async def converge(
         # Let an update sent in the last window land before reading the result.
         await asyncio.sleep(2 * window_s)
         knobs = (await _info(setup_backend, model)).knobs
+        loops = controller.registry.loops_for(model)
+        state = loops[0].policy_state if loops else None
+        plan = plan_summary(state) if isinstance(state, DnnScalerState) else ""
     finally:
         agent.stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    return Converged(knobs, errors, tuple(moves))
+    return Converged(knobs, errors, tuple(moves), plan)
 
 
 async def side_by_side(

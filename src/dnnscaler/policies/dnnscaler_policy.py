@@ -619,6 +619,18 @@ class DnnScalerPolicy:
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
 
 
+def plan_summary(state: DnnScalerState) -> str:
+    """The plan the last decision ranked (best first) and what was measured at each config
+    run: what a move was chosen from, for a run that ended somewhere unexpected."""
+    ranked = sorted(state.plan, key=lambda p: (-p.capacity_rps, p.instances, p.max_batch_size))
+    plan = ", ".join(f"b{p.max_batch_size}n{p.instances}={p.capacity_rps:.0f}" for p in ranked)
+    measured = ", ".join(
+        f"b{r.max_batch_size}n{r.instances} floor {r.floor_rps:.0f} ceiling {r.ceiling_rps:.0f}"
+        for r in state.records
+    )
+    return f"plan (rps) {plan or '-'}; measured {measured or '-'}"
+
+
 class _Config(Protocol):
     @property
     def max_batch_size(self) -> int: ...
