@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dnnscaler.bench import metrics as m
+from dnnscaler.bench.host_load import host_load, sample
 from dnnscaler.bench.triton_bench import (
     BenchServer,
     Converged,
@@ -74,6 +75,7 @@ class Outcome:
     oracle_rps: float
     ladder: list[dict[str, Any]]
     phases_s: dict[str, float]
+    host: dict[str, str]  # per phase: CPU used outside our processes (Linux)
 
 
 async def _measure(srv: BenchServer, model: str) -> Outcome:
@@ -82,11 +84,19 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     slo = Slo(latency_ms=SLO_MS[model], percentile=99.0)
     t0 = time.monotonic()
     phases: dict[str, float] = {}
+    cpu0 = sample()
+    host: dict[str, str] = {}
 
     def lap(name: str) -> dict[str, float]:
-        nonlocal t0
+        # Each phase's time, and what the rest of the host used meanwhile (a neighbour
+        # takes CPU from the model's instances, and can change which config is best).
+        nonlocal t0, cpu0
         phases[name] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
+        cpu1 = sample()
+        if cpu0 is not None and cpu1 is not None:
+            host[name] = str(host_load(cpu0, cpu1))
+        cpu0 = cpu1
         return phases
 
     start = next(i for i in await srv.setup.list_models() if i.name == model).knobs
@@ -109,11 +119,11 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     knobs = run.knobs
     lap("converge")
     if run.errors:
-        return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases)
+        return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host)
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
         # two noises (11-30 07:45 in CI: b8 n2 against b8 n2 read 886 and 1,024 rps).
-        return Outcome(run, best.knobs, best.capacity_rps, best.capacity_rps, [], phases)
+        return Outcome(run, best.knobs, best.capacity_rps, best.capacity_rps, [], phases, host)
     # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
     # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
     # ladder's low rungs (2 reloads and probes each) were a third of the test's time. If
@@ -134,7 +144,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         if theirs > 0:
             break
     await apply_and_wait(srv.setup, model, start)
-    return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"))
+    return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"), host)
 
 
 async def _server_failure(srv: BenchServer) -> str | None:
@@ -185,7 +195,7 @@ async def test_converges_near_oracle(model: str) -> None:
     summary = (
         f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
-        f" seconds {out.phases_s})"
+        f" seconds {out.phases_s}; host {out.host})"
     )
     print(summary)
     moves = " | ".join(out.run.moves)
