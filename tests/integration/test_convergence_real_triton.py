@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dnnscaler.bench import metrics as m
-from dnnscaler.bench.host_load import host_load, sample
+from dnnscaler.bench.host_load import HostLoad, busy_phases, host_load, sample
 from dnnscaler.bench.triton_bench import (
     BenchServer,
     Converged,
@@ -27,13 +27,15 @@ from dnnscaler.bench.triton_bench import (
 )
 from dnnscaler.core.types import Knobs, Slo
 
-# Known gap (issue #4 stays open): in clean-clone CI runs the policy sometimes ends below
+# Known gap (issue #4 stays open): in clean-clone CI runs the policy sometimes ended below
 # 0.9 x the oracle on wide_mlp or resnet_small; every run on record is in
-# docs/results/convergence.md. Triton 2.51 can also crash or hang mid-run with request
-# tracing on (docs/triton.md): a model whose server crashed or stopped answering is measured
-# again, once, on a fresh server. The test stays non-strict xfail: it runs in CI and
-# reports, without blocking; a miss says its figures, the policy's moves and the ladder in
-# CI's short summary (-rxX). Remove the mark once it passes reliably.
+# docs/results/convergence.md. An attempt is measured again, once, on a fresh server when
+# its server crashed or hung (Triton 2.51 can, with request tracing on: docs/triton.md) or
+# when the rest of the host took more than NOISY_CPUS in a phase (a neighbour changes which
+# config is best on a 2-core CPU). The test stays non-strict xfail: it runs in CI and
+# reports, without blocking; a miss says its figures, the policy's moves, its last plan,
+# the ladder and the host's load in CI's short summary (-rxX). Remove the mark once it
+# passes reliably.
 pytestmark = [
     # Only the known gap counts as the xfail: a miss (pytest.xfail with its figures), failed
     # requests (AssertionError) or a timeout (pytest.fail). Any other exception is a bug and
@@ -54,7 +56,8 @@ pytestmark = [
 MODELS = ("wide_mlp", "serial_io", "resnet_small")
 SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
 RATIO = 0.9  # the bar: converged capacity over the oracle's, side by side
-ATTEMPTS = 2  # a server that crashed or hung (not a miss) is replaced once
+ATTEMPTS = 2  # a server that crashed or hung, or a noisy host (not a miss): once more
+NOISY_CPUS = 0.2  # CPUs' worth used outside the test in a phase that voids an attempt
 
 CFG = replace(
     TritonBenchConfig(),
@@ -75,7 +78,7 @@ class Outcome:
     oracle_rps: float
     ladder: list[dict[str, Any]]
     phases_s: dict[str, float]
-    host: dict[str, str]  # per phase: CPU used outside our processes (Linux)
+    host: dict[str, HostLoad]  # per phase: CPU used outside our processes (Linux)
 
 
 async def _measure(srv: BenchServer, model: str) -> Outcome:
@@ -85,7 +88,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     t0 = time.monotonic()
     phases: dict[str, float] = {}
     cpu0 = sample()
-    host: dict[str, str] = {}
+    host: dict[str, HostLoad] = {}
 
     def lap(name: str) -> dict[str, float]:
         # Each phase's time, and what the rest of the host used meanwhile (a neighbour
@@ -95,7 +98,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         t0 = time.monotonic()
         cpu1 = sample()
         if cpu0 is not None and cpu1 is not None:
-            host[name] = str(host_load(cpu0, cpu1))
+            host[name] = host_load(cpu0, cpu1)
         cpu0 = cpu1
         return phases
 
@@ -147,6 +150,16 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"), host)
 
 
+def _noisy(host: dict[str, HostLoad]) -> str | None:
+    """Why an attempt measured the host rather than the policy, or None: the rest of the
+    host took more than ``NOISY_CPUS`` in a phase. On this 2-core CPU a neighbour changes
+    which config is best (11-30 15:06, a loop burning half a core: resnet_small's b8 n4
+    carried 767 rps and b8 n2 617, which the policy, at a tail of 9 ms / SLO 80 ms, could
+    not see; on a quiet host b8 n2 is the best), so the bar would grade the neighbour."""
+    busy = busy_phases(host, NOISY_CPUS)
+    return f"host busy outside the test: {busy}" if busy else None
+
+
 async def _server_failure(srv: BenchServer) -> str | None:
     """Why the server cannot be trusted any more (crashed, or not answering), or None."""
     import tritonclient.grpc.aio as grpcclient
@@ -162,6 +175,10 @@ async def _server_failure(srv: BenchServer) -> str | None:
     finally:
         await client.close()
     return None if live else "tritonserver stopped answering"
+
+
+def _host_line(host: dict[str, HostLoad]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in host.items()) or "not measured"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -184,18 +201,21 @@ async def test_converges_near_oracle(model: str) -> None:
                         raise
                 else:
                     failure = await _server_failure(srv) if out.run.errors else None
+                    # Decided on the host's load alone, whatever the ratio: not a retry
+                    # until it passes.
+                    failure = failure or _noisy(out.host)
             if failure is None:
                 break
             print(f"{model}: attempt {attempt}: {failure}")
         else:
-            pytest.xfail(f"{model}: the server crashed or hung in every attempt: {failure}")
+            pytest.xfail(f"{model}: no attempt could measure the policy: {failure}")
     assert out.run.errors == 0
     ratio = out.ours_rps / out.oracle_rps if out.oracle_rps > 0 else 0.0
     # The ladder stops once the verdict is known: a passing ratio is a lower bound.
     summary = (
         f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
-        f" seconds {out.phases_s}; host {out.host})"
+        f" seconds {out.phases_s}; host {_host_line(out.host)})"
     )
     print(summary)
     moves = " | ".join(out.run.moves)

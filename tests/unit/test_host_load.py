@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from dnnscaler.bench.host_load import CpuSample, host_load, sample
+from dnnscaler.bench.host_load import CpuSample, HostLoad, busy_phases, host_load, sample
 
 
 def _stat(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int = 0) -> str:
@@ -52,6 +52,15 @@ def test_host_load_is_what_the_rest_of_the_host_used() -> None:
     load = host_load(before, after, hz=100)
     assert (round(load.others_cpus, 3), round(load.steal_cpus, 3)) == (0.5, 0.2)
     assert str(load) == "others 0.50 CPUs, steal 0.20 CPUs"
+
+
+def test_busy_phases_names_the_phases_over_the_limit() -> None:
+    quiet, busy, stolen = HostLoad(0.02, 0.0), HostLoad(0.5, 0.0), HostLoad(0.1, 0.15)
+    assert busy_phases({"sweep": quiet, "converge": quiet}, 0.2) is None
+    assert busy_phases({"sweep": quiet, "converge": busy, "ladder": stolen}, 0.2) == (
+        "converge: others 0.50 CPUs, steal 0.00 CPUs, ladder: others 0.10 CPUs, steal 0.15 CPUs"
+    )
+    assert busy_phases({}, 0.2) is None
 
 
 def test_no_proc_no_sample(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,10 @@ def host_load(before: CpuSample, after: CpuSample, hz: int | None = None) -> Hos
         others_cpus=max(0.0, others / tick / wall),
         steal_cpus=max(0.0, (after.steal - before.steal) / tick / wall),
     )
+
+
+def busy_phases(loads: Mapping[str, HostLoad], limit_cpus: float) -> str | None:
+    """The phases in which the rest of the host (others and steal) took more than
+    ``limit_cpus``, said in words; None if none did."""
+    busy = [f"{k}: {v}" for k, v in loads.items() if v.others_cpus + v.steal_cpus > limit_cpus]
+    return ", ".join(busy) if busy else None
