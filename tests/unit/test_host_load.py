@@ -20,7 +20,8 @@ def _stat(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int = 
 
 def _fake_proc(root: Path, cpu_line: str, procs: list[tuple[int, str, int, int, int, int]]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "stat").write_text(cpu_line + "\nintr 0\n")
+    per_cpu = "cpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n"
+    (root / "stat").write_text(cpu_line + "\n" + per_cpu + "intr 0\n")
     for pid, comm, ppid, ut, st, cut in procs:
         (root / str(pid)).mkdir()
         (root / str(pid) / "stat").write_text(_stat(pid, comm, ppid, ut, st, cut))
@@ -40,10 +41,12 @@ def test_sample_counts_the_tree_under_the_root_with_reaped_children(tmp_path: Pa
             (20, "neighbour", 1, 500, 0, 0),
         ],
     )
-    s = sample(10, proc)
+    s = sample(10, proc, cpus=2)
     assert s is not None
     assert (s.busy, s.steal) == (100 + 5 + 50 + 3 + 2, 11)
     assert s.ours == 30 + 10 + 40 + 5 + 25 + 7 + 1
+    # Counters of more CPUs than ours (a container seeing its host's): not ours to read.
+    assert sample(10, proc, cpus=1) is None
 
 
 def test_host_load_is_what_the_rest_of_the_host_used() -> None:

@@ -66,14 +66,23 @@ def _tree_ticks(root: int, proc: Path) -> int:
     return sum(ticks.get(p, 0) for p in inside)
 
 
-def sample(root_pid: int | None = None, proc: Path = PROC) -> CpuSample | None:
+def sample(
+    root_pid: int | None = None, proc: Path = PROC, cpus: int | None = None
+) -> CpuSample | None:
     """The counters now, for the process tree under ``root_pid`` (default: this process).
-    None where ``/proc`` cannot be read."""
+
+    None where ``/proc`` cannot be read, or where its counters cover other CPUs than the
+    ``cpus`` we may run on (default: our affinity): a container that sees its host's
+    counters would count every other tenant as a neighbour of ours."""
     try:
-        head = (proc / "stat").read_text().split("\n", 1)[0].split()
+        lines = (proc / "stat").read_text().splitlines()
     except OSError:
         return None
+    head = lines[0].split() if lines else []
     if not head or head[0] != "cpu":
+        return None
+    per_cpu = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    if per_cpu != (len(os.sched_getaffinity(0)) if cpus is None else cpus):
         return None
     v = [int(x) for x in head[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = v + [0] * (8 - len(v))
