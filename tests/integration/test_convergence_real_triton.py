@@ -27,29 +27,19 @@ from dnnscaler.bench.triton_bench import (
 )
 from dnnscaler.core.types import Knobs, Slo
 
-# Known gap (issue #4 stays open): in clean-clone CI runs the policy sometimes ended below
-# 0.9 x the oracle on wide_mlp or resnet_small; every run on record is in
-# docs/results/convergence.md. An attempt is measured again, once, on a fresh server when
-# its server crashed or hung (Triton 2.51 can, with request tracing on: docs/triton.md) or
-# when the rest of the host took more than NOISY_CPUS in a phase (a neighbour changes which
-# config is best on a 2-core CPU). The test stays non-strict xfail: it runs in CI and
-# reports, without blocking; a miss says its figures, the policy's moves, its last plan,
-# the ladder and the host's load in CI's short summary (-rxX). Remove the mark once it
-# passes reliably.
+# A model is measured again, once, on a fresh server when its attempt could not measure the
+# policy: the server crashed or hung (Triton 2.51 can, with request tracing on:
+# docs/triton.md), or the rest of the host took more than NOISY_CPUS in a phase (on a
+# 2-core CPU a neighbour changes which config is best; the CI misses of 11-30 whose
+# figures are on record came with sweeps 8-21 % below a quiet host's). That is decided on
+# the server's and the host's state, never on the ratio. If no attempt could measure, the test says so as an
+# xfail; a miss on a quiet host fails, with its figures, the policy's moves and last plan,
+# the ladder and the host's load. Every run on record: docs/results/convergence.md.
 pytestmark = [
-    # Only the known gap counts as the xfail: a miss (pytest.xfail with its figures), failed
-    # requests (AssertionError) or a timeout (pytest.fail). Any other exception is a bug and
-    # fails the run: at f36e82e a shadowed name raised AttributeError in all three models
-    # and the mark hid it as three xfails in CI.
-    pytest.mark.xfail(
-        strict=False,
-        reason="default policy below 0.9 x oracle on real Triton",
-        raises=(AssertionError, pytest.fail.Exception),
-    ),
     pytest.mark.slow,
     pytest.mark.triton,
-    # Bounds a known-gap run in CI (a timeout counts as the xfail); two attempts fit.
-    pytest.mark.timeout(600),
+    # Two attempts of up to ~250 s each (a noisy first one runs slower) fit.
+    pytest.mark.timeout(900),
     pytest.mark.asyncio(loop_scope="module"),
 ]
 
@@ -221,8 +211,6 @@ async def test_converges_near_oracle(model: str) -> None:
     moves = " | ".join(out.run.moves)
     print(f"{model} moves: {moves}")
     print(f"{model} final {out.run.plan}")
-    if ratio < RATIO:
-        # An imperative xfail carries the figures into CI's short summary (-rxX), which a
-        # marked xfail's fixed reason does not (and CI keeps no captured output of an
-        # xfail): the policy's moves and the ladder go into it too.
-        pytest.xfail(f"{summary}; moves: {moves}; final {out.run.plan}; ladder: {out.ladder}")
+    # The message carries what CI's log needs to read a miss: the policy's moves and last
+    # plan, and the ladder.
+    assert ratio >= RATIO, f"{summary}; moves: {moves}; final {out.run.plan}; ladder: {out.ladder}"
