@@ -29,12 +29,13 @@ from dnnscaler.core.types import Knobs, Slo
 
 # A model is measured again, once, on a fresh server when its attempt could not measure the
 # policy: the server crashed or hung (Triton 2.51 can, with request tracing on:
-# docs/triton.md), or the rest of the host took more than NOISY_CPUS in a phase (on a
-# 2-core CPU a neighbour changes which config is best; the CI misses of 11-30 whose
-# figures are on record came with sweeps 8-21 % below a quiet host's). That is decided on
-# the server's and the host's state, never on the ratio. If no attempt could measure, the test says so as an
-# xfail; a miss on a quiet host fails, with its figures, the policy's moves and last plan,
-# the ladder and the host's load. Every run on record: docs/results/convergence.md.
+# docs/triton.md), or the rest of the host was busy (``_noisy``: on a 2-core CPU a
+# neighbour changes which config is best, and a burst breaks a window's tail; the CI
+# misses of 11-30 whose figures are on record came with sweeps 8-21 % below a quiet
+# host's). That is decided on the server's and the host's state, never on the ratio. If no
+# attempt could measure, the test says so as an xfail; a miss on a quiet host fails, with
+# its figures, the policy's moves and last plan, the ladder and the host's load. Every run
+# on record: docs/results/convergence.md.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.triton,
@@ -48,6 +49,7 @@ SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
 RATIO = 0.9  # the bar: converged capacity over the oracle's, side by side
 ATTEMPTS = 2  # a server that crashed or hung, or a noisy host (not a miss): once more
 NOISY_CPUS = 0.2  # CPUs' worth used outside the test in a phase that voids an attempt
+NOISY_WINDOW_CPUS = 0.5  # ... or in one control window of the converge phase
 
 CFG = replace(
     TritonBenchConfig(),
@@ -140,14 +142,25 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"), host)
 
 
-def _noisy(host: dict[str, HostLoad]) -> str | None:
+def _noisy(out: Outcome) -> str | None:
     """Why an attempt measured the host rather than the policy, or None: the rest of the
-    host took more than ``NOISY_CPUS`` in a phase. On this 2-core CPU a neighbour changes
-    which config is best (11-30 15:06, a loop burning half a core: resnet_small's b8 n4
-    carried 767 rps and b8 n2 617, which the policy, at a tail of 9 ms / SLO 80 ms, could
-    not see; on a quiet host b8 n2 is the best), so the bar would grade the neighbour."""
-    busy = busy_phases(host, NOISY_CPUS)
-    return f"host busy outside the test: {busy}" if busy else None
+    host took more than ``NOISY_CPUS`` in a phase, or more than ``NOISY_WINDOW_CPUS`` in one
+    of the policy's windows.
+
+    On this 2-core CPU a neighbour changes which config is best (11-30 15:06, a loop
+    burning half a core: resnet_small's b8 n4 carried 767 rps and b8 n2 617, which the
+    policy, at a tail of 9 ms / SLO 80 ms, could not see; on a quiet host b8 n2 is the
+    best). And a burst of a second or two breaks a window's tail, which the policy takes for
+    the config's (11-30 15:37, a lint run next to the test: 0.05 CPUs over the converge
+    phase, two windows over the SLO at b8 n2 and 538 rps, a ceiling there, and the policy
+    ended on b4 n3 at 0.87 x b8 n2). Either way the bar would grade the neighbour."""
+    busy = busy_phases(out.host, NOISY_CPUS)
+    if busy:
+        return f"host busy outside the test: {busy}"
+    peak = out.run.host_peak
+    if peak is not None and peak.total_cpus > NOISY_WINDOW_CPUS:
+        return f"host busy outside the test in a converge window: {peak}"
+    return None
 
 
 async def _server_failure(srv: BenchServer) -> str | None:
@@ -193,7 +206,7 @@ async def test_converges_near_oracle(model: str) -> None:
                     failure = await _server_failure(srv) if out.run.errors else None
                     # Decided on the host's load alone, whatever the ratio: not a retry
                     # until it passes.
-                    failure = failure or _noisy(out.host)
+                    failure = failure or _noisy(out)
             if failure is None:
                 break
             print(f"{model}: attempt {attempt}: {failure}")
@@ -205,7 +218,8 @@ async def test_converges_near_oracle(model: str) -> None:
     summary = (
         f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
-        f" seconds {out.phases_s}; host {_host_line(out.host)})"
+        f" seconds {out.phases_s}; host {_host_line(out.host)};"
+        f" busiest converge window {out.run.host_peak})"
     )
     print(summary)
     moves = " | ".join(out.run.moves)

@@ -64,6 +64,7 @@ def test_busy_phases_names_the_phases_over_the_limit() -> None:
         "converge: others 0.50 CPUs, steal 0.00 CPUs, ladder: others 0.10 CPUs, steal 0.15 CPUs"
     )
     assert busy_phases({}, 0.2) is None
+    assert round(stolen.total_cpus, 3) == 0.25
 
 
 def test_no_proc_no_sample(tmp_path: Path) -> None:

@@ -35,6 +35,10 @@ class HostLoad:
     others_cpus: float  # CPUs' worth used by processes outside our tree
     steal_cpus: float  # CPUs' worth taken by the hypervisor
 
+    @property
+    def total_cpus(self) -> float:
+        return self.others_cpus + self.steal_cpus
+
     def __str__(self) -> str:
         return f"others {self.others_cpus:.2f} CPUs, steal {self.steal_cpus:.2f} CPUs"
 
@@ -104,5 +108,5 @@ def host_load(before: CpuSample, after: CpuSample, hz: int | None = None) -> Hos
 def busy_phases(loads: Mapping[str, HostLoad], limit_cpus: float) -> str | None:
     """The phases in which the rest of the host (others and steal) took more than
     ``limit_cpus``, said in words; None if none did."""
-    busy = [f"{k}: {v}" for k, v in loads.items() if v.others_cpus + v.steal_cpus > limit_cpus]
+    busy = [f"{k}: {v}" for k, v in loads.items() if v.total_cpus > limit_cpus]
     return ", ".join(busy) if busy else None

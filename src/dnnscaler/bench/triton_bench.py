@@ -33,6 +33,7 @@ from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backend import ModelInfo
 from dnnscaler.agents.config import AgentConfig
 from dnnscaler.bench import metrics as m
+from dnnscaler.bench.host_load import HostLoad, host_load, sample
 from dnnscaler.bench.online import WindowRecord
 from dnnscaler.bench.records import BenchRecord, with_ratios
 from dnnscaler.controller.config import ControllerConfig
@@ -904,6 +905,10 @@ class Converged:
     moves: tuple[str, ...] = ()
     # The ``dnnscaler`` policy's last plan and measured floors/ceilings ("" for others).
     plan: str = ""
+    # The most CPU the rest of the host took in one window (``host_load``; None: not
+    # measurable here). A burst of a second or two breaks a window's tail, and the policy
+    # reads it as the config's.
+    host_peak: HostLoad | None = None
 
 
 async def converge(
@@ -947,8 +952,16 @@ async def converge(
         t0 = time.monotonic()
         async with LoadGen(url, model, rate_rps=rate_rps, seed=7, max_duration_s=600) as gen:
             idle = 0
+            cpu = sample()
+            peak: HostLoad | None = None
             for _ in range(windows):
                 await asyncio.sleep(window_s)
+                now = sample()
+                if cpu is not None and now is not None:
+                    load = host_load(cpu, now)
+                    if peak is None or load.total_cpus > peak.total_cpus:
+                        peak = load
+                cpu = now
                 loop = controller.registry.loops_for(model)
                 if loop and loop[0].knob_changes > changes:
                     changes = loop[0].knob_changes
@@ -971,7 +984,7 @@ async def converge(
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    return Converged(knobs, errors, tuple(moves), plan)
+    return Converged(knobs, errors, tuple(moves), plan, peak)
 
 
 async def side_by_side(
