@@ -47,6 +47,10 @@ pytestmark = [
 MODELS = ("wide_mlp", "serial_io", "resnet_small")
 SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
 RATIO = 0.9  # the bar: converged capacity over the oracle's, side by side
+# The ladder's resolution. Each capacity reads a rung high or low with noise; at 7.5 % two
+# rungs were 0.87, under the bar, for two near-equal configs (11-30 15:51, resnet_small's
+# b8 n2 and b8 n4 on a quiet host read 0.93); at 5 % two rungs are 0.91.
+LADDER_STEP = 0.05
 ATTEMPTS = 2  # a server that crashed or hung, or a noisy host (not a miss): once more
 NOISY_CPUS = 0.2  # CPUs' worth used outside the test in a phase that voids an attempt
 NOISY_WINDOW_CPUS = 0.5  # ... or in one control window of the converge phase
@@ -133,6 +137,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
             best.knobs,
             slo,
             start_rps=frac * best.capacity_rps,
+            step_frac=LADDER_STEP,
             max_rps=1.6 * best.capacity_rps,
             verdict_ratio=RATIO,
         )
