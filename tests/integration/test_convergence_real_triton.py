@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dnnscaler.bench import metrics as m
-from dnnscaler.bench.host_load import HostLoad, busy_phases, host_load, sample
+from dnnscaler.bench.host_load import HostLoad, HostMeter, busy_phases
 from dnnscaler.bench.triton_bench import (
     BenchServer,
     Converged,
@@ -83,19 +83,18 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     slo = Slo(latency_ms=SLO_MS[model], percentile=99.0)
     t0 = time.monotonic()
     phases: dict[str, float] = {}
-    cpu0 = sample()
+    meter = HostMeter()
     host: dict[str, HostLoad] = {}
 
     def lap(name: str) -> dict[str, float]:
         # Each phase's time, and what the rest of the host used meanwhile (a neighbour
         # takes CPU from the model's instances, and can change which config is best).
-        nonlocal t0, cpu0
+        nonlocal t0
         phases[name] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
-        cpu1 = sample()
-        if cpu0 is not None and cpu1 is not None:
-            host[name] = host_load(cpu0, cpu1)
-        cpu0 = cpu1
+        load = meter.read()
+        if load is not None:
+            host[name] = load
         return phases
 
     start = next(i for i in await srv.setup.list_models() if i.name == model).knobs

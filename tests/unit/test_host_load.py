@@ -8,7 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from dnnscaler.bench.host_load import CpuSample, HostLoad, busy_phases, host_load, sample
+from dnnscaler.bench.host_load import (
+    CpuSample,
+    HostLoad,
+    HostMeter,
+    busy_phases,
+    host_load,
+    sample,
+)
 
 
 def _stat(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int = 0) -> str:
@@ -92,3 +99,13 @@ def test_on_the_real_proc_our_own_and_our_childrens_cpu_counts_as_ours() -> None
     hz = os.sysconf("SC_CLK_TCK")
     # 0.6 s of CPU burned by us and a reaped child (a margin for tick rounding).
     assert (after.ours - before.ours) / hz >= 0.5
+
+
+def test_a_meter_reads_the_load_since_its_last_read() -> None:
+    meter = HostMeter()
+    if sample() is None:  # not Linux
+        assert meter.read() is None
+        return
+    first, second = meter.read(), meter.read()
+    assert first is not None and second is not None
+    assert min(first.others_cpus, first.steal_cpus, second.total_cpus) >= 0.0

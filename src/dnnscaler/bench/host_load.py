@@ -105,6 +105,18 @@ def host_load(before: CpuSample, after: CpuSample, hz: int | None = None) -> Hos
     )
 
 
+class HostMeter:
+    """The host's load between consecutive reads (a benchmark's phases or windows)."""
+
+    def __init__(self) -> None:
+        self._last = sample()
+
+    def read(self) -> HostLoad | None:
+        """What the rest of the host used since the last read (None: not measurable)."""
+        last, self._last = self._last, sample()
+        return host_load(last, self._last) if last is not None and self._last is not None else None
+
+
 def busy_phases(loads: Mapping[str, HostLoad], limit_cpus: float) -> str | None:
     """The phases in which the rest of the host (others and steal) took more than
     ``limit_cpus``, said in words; None if none did."""

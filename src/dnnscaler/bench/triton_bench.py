@@ -33,7 +33,7 @@ from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backend import ModelInfo
 from dnnscaler.agents.config import AgentConfig
 from dnnscaler.bench import metrics as m
-from dnnscaler.bench.host_load import HostLoad, host_load, sample
+from dnnscaler.bench.host_load import HostLoad, HostMeter
 from dnnscaler.bench.online import WindowRecord
 from dnnscaler.bench.records import BenchRecord, with_ratios
 from dnnscaler.controller.config import ControllerConfig
@@ -952,16 +952,13 @@ async def converge(
         t0 = time.monotonic()
         async with LoadGen(url, model, rate_rps=rate_rps, seed=7, max_duration_s=600) as gen:
             idle = 0
-            cpu = sample()
+            meter = HostMeter()
             peak: HostLoad | None = None
             for _ in range(windows):
                 await asyncio.sleep(window_s)
-                now = sample()
-                if cpu is not None and now is not None:
-                    load = host_load(cpu, now)
-                    if peak is None or load.total_cpus > peak.total_cpus:
-                        peak = load
-                cpu = now
+                load = meter.read()
+                if load is not None and (peak is None or load.total_cpus > peak.total_cpus):
+                    peak = load
                 loop = controller.registry.loops_for(model)
                 if loop and loop[0].knob_changes > changes:
                     changes = loop[0].knob_changes

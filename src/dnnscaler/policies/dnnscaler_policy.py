@@ -615,14 +615,19 @@ class DnnScalerPolicy:
         # configs' capacity: fewer instances, then smaller batches (less memory, less
         # batch-size drift). (It used to rank by capacity rounded to 3 %, which read as a
         # 3 % tie-break but, under ``max``, never acted as one.)
-        plan.sort(key=lambda p: (-p.capacity_rps, p.instances, p.max_batch_size))
+        plan.sort(key=_rank)
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
+
+
+def _rank(p: PlanEntry) -> tuple[float, int, int]:
+    """The plan's order: highest capacity first, then fewer instances, smaller batches."""
+    return (-p.capacity_rps, p.instances, p.max_batch_size)
 
 
 def plan_summary(state: DnnScalerState) -> str:
     """The plan the last decision ranked (best first) and what was measured at each config
     run: what a move was chosen from, for a run that ended somewhere unexpected."""
-    ranked = sorted(state.plan, key=lambda p: (-p.capacity_rps, p.instances, p.max_batch_size))
+    ranked = sorted(state.plan, key=_rank)
     plan = ", ".join(f"b{p.max_batch_size}n{p.instances}={p.capacity_rps:.0f}" for p in ranked)
     measured = ", ".join(
         f"b{r.max_batch_size}n{r.instances} floor {r.floor_rps:.0f} ceiling {r.ceiling_rps:.0f}"
