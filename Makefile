@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The flake gate: `make flake-gate RUNS=20 TESTS=tests/integration/test_triton_latency.py`.
+RUNS ?= 20
+TESTS ?= tests/integration/test_triton_latency.py tests/integration/test_triton_backend.py tests/integration/test_agent_triton_faults.py tests/integration/test_triton_launcher.py
 
-.PHONY: demo test venv lint typecheck protos protos-check unit e2e integration bench-sim bench-triton clean
+.PHONY: flake-gate demo test venv lint typecheck protos protos-check unit e2e integration bench-sim bench-triton clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory protos-check lint typecheck
-	$(BIN)/pytest -q -rxX -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -rxX -p no:cacheprovider --durations=15 --junitxml=out/test-results.xml $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
@@ -45,6 +48,10 @@ protos: $(STAMP)
 # Regenerates into a scratch copy and fails if the committed code differs.
 protos-check: $(STAMP)
 	scripts/check_protos.sh $(BIN)/python
+
+# Runs TESTS RUNS times; prints each test's pass rate and its assertions' margins.
+flake-gate: $(STAMP)
+	$(BIN)/python scripts/flake_gate.py -n $(RUNS) --out out/flake -- $(TESTS)
 
 bench-sim: $(STAMP)
 	$(BIN)/dnnscaler bench sim --out out/bench-sim

@@ -26,7 +26,6 @@ import ipaddress
 import json
 import math
 import re
-import statistics
 import time
 import urllib.error
 import urllib.request
@@ -156,8 +155,6 @@ class TritonBackend:
         instance_changes: Literal["reload", "in-place"] = "reload",
         adapt_trace_frequency: bool = True,
         trace_budget_rps: float | None = 250.0,
-        add_transport_overhead: bool = True,
-        overhead_probes: int = 3,
         clock: Callable[[], float] = time.monotonic,
         cpu_meter: HostCpuMeter | Literal["auto"] | None = "auto",
     ) -> None:
@@ -173,11 +170,6 @@ class TritonBackend:
         self._reloads = 0
         self.adapt_trace_frequency = adapt_trace_frequency
         self.trace_budget_rps = trace_budget_rps
-        self.add_transport_overhead = add_transport_overhead
-        self.overhead_probes = overhead_probes
-        self._overhead_samples: collections.deque[float] = collections.deque(
-            maxlen=5 * max(1, overhead_probes)
-        )
         self._clock = clock
         self._client: grpcclient.InferenceServerClient | None = None
         self._models: dict[str, _ModelState] = {}
@@ -450,7 +442,6 @@ class TritonBackend:
                 st.traced.append(req)
         pending_gauge = await self._pending_requests()
         cpu_busy = self._cpu.sample() if self._cpu is not None else None
-        overhead_ms = await self._transport_overhead_ms() if traced else 0.0
         now = self._clock()
         out: list[ModelWindow] = []
         total_rate = 0.0
@@ -485,7 +476,7 @@ class TritonBackend:
                 # finished in an earlier window but were flushed to the trace file late.
                 st.traced = [r for r in st.traced if r.end_ns > st.prev_observe_ns]
             st.prev_observe_ns = now_ns
-            window = self._window(delta, st.traced, window_s, pending_gauge.get(name), overhead_ms)
+            window = self._window(delta, st.traced, window_s, pending_gauge.get(name))
             if cpu_busy is not None and runs_on_cpu(st.config):
                 window = replace(window, device_busy_share=cpu_busy)
             total_rate += window.throughput_rps
@@ -508,10 +499,9 @@ class TritonBackend:
         traced: list[TracedRequest],
         window_s: float,
         pending: int | None,
-        overhead_ms: float,
     ) -> WindowStats:
         completed = delta.success.count
-        tail = percentiles_ms([r.latency_ms + overhead_ms for r in traced])
+        tail = percentiles_ms([r.latency_ms for r in traced])
         mean = tail[3] if tail else delta.mean_ms(delta.success)
         return WindowStats(
             window_s=window_s,
@@ -529,26 +519,6 @@ class TritonBackend:
             pending_requests=pending,
             batch_stats=delta.batch_stats(),
         )
-
-    async def _transport_overhead_ms(self) -> float:
-        """Median round trip of tiny gRPC calls: what a client adds to the traced span.
-
-        The trace covers the server from "request read" to "response sent"; a client also
-        pays the network and its client library both ways, which a near-empty call
-        (``is_server_ready``) measures.
-        """
-        if not self.add_transport_overhead:
-            return 0.0
-        for _ in range(self.overhead_probes):
-            t0 = time.perf_counter()
-            try:
-                await self.client.is_server_ready(client_timeout=self.request_timeout_s)
-            except Exception:
-                return 0.0
-            self._overhead_samples.append((time.perf_counter() - t0) * 1000.0)
-        # The median over the last few observations: three probes of one instant on a busy
-        # host swing by milliseconds, which moved a fast model's p99 by over 15 %.
-        return statistics.median(self._overhead_samples)
 
     async def _adapt_tracing(self, total_rps: float) -> None:
         """Trace about ``trace_budget_rps`` requests a second (1 in N), flushed ~8 times a

@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
+from dnnscaler.core.types import SLO_LATENCY
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 EXIT_CODES = {
@@ -49,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent", default="")
     p.set_defaults(func=lambda a: _run(a, _model))
 
-    p = sub.add_parser("set-slo", help="set a model's latency SLO fleet-wide")
+    p = sub.add_parser(
+        "set-slo",
+        help="set a model's latency SLO fleet-wide (server-side latency)",
+        description=f"Set a model's latency SLO fleet-wide. {SLO_LATENCY}.",
+    )
     common(p)
     p.add_argument("model")
     p.add_argument("--latency-ms", type=float, required=True)
@@ -86,6 +91,7 @@ def _run(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Await
                 "models": MessageToDict(result.models, preserving_proto_field_name=True).get(
                     "models", []
                 ),
+                "slo_latency": SLO_LATENCY,
             }
         else:
             doc = MessageToDict(result, preserving_proto_field_name=True)
@@ -144,7 +150,7 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 
 def model_rows(models: list[admin_pb2.ModelStatus]) -> Table:
-    t = Table(title="models")
+    t = Table(title="models", caption=SLO_LATENCY, caption_justify="left")
     for col in (
         "agent",
         "model",

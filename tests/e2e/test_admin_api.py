@@ -141,8 +141,11 @@ async def test_cli_verbs_and_exit_codes(served) -> None:
     doc = json.loads(r.stdout)
     assert doc["agents"][0]["agent_id"] == "node-a-gpu0"
     assert doc["models"][0]["model"] == "inception"
+    assert doc["slo_latency"].startswith("SLO latency is server-side")
     r = await asyncio.to_thread(_cli, "status", "--controller", addr)
     assert r.returncode == 0 and "inception" in r.stdout
+    # What the SLO bounds is said where the SLO is shown.
+    assert "SLO latency is server-side" in r.stdout, r.stdout
     r = await asyncio.to_thread(
         _cli, "set-slo", "inception", "--latency-ms", "30", "--controller", addr
     )

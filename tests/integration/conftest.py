@@ -2,7 +2,8 @@
 
 Each test module shares ONE server (module-scoped ``triton_server``): the module sets
 ``TRITON_DEMO_MODELS`` (demo models to write and load) and optionally
-``TRITON_EXTRA_MODELS`` (test-only models written by ``write_test_model``).
+``TRITON_EXTRA_MODELS`` (test-only models written by ``write_test_model``) and
+``TRITON_EXTRA_ARGS`` (more ``tritonserver`` flags).
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def triton_server(
     for name in extra:
         write_test_model(repo, name)
     server = LocalTriton(
-        repo, demo + extra, workdir=tmp_path_factory.mktemp("triton"), exit_timeout_s=3
+        repo,
+        demo + extra,
+        workdir=tmp_path_factory.mktemp("triton"),
+        exit_timeout_s=3,
+        extra_args=list(getattr(request.module, "TRITON_EXTRA_ARGS", [])),
     )
     server.start()
     try:

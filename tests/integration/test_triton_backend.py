@@ -200,7 +200,7 @@ async def test_no_failed_requests_across_reconfigurations_under_load(
             server_failed += windows["serial_io"].failed
         snap = gen.snapshot()
     assert snap.completed > 300
-    assert snap.errors == 0, gen.last_error
+    assert snap.errors == 0, gen.error_report()
     assert server_failed == 0
 
 

@@ -1,23 +1,45 @@
-"""The agent's per-window tail latency agrees with what clients measure.
+"""The agent's tail latency is the server's: it agrees with Triton's own, independent count.
 
-Acceptance: in steady state the backend's p99 is within 15 % (or 2 ms) of the p99 the
-load generator measures on the client side over the same window, in at least 3 of 4
-consecutive windows (a single window's p99 rests on its ~4 slowest requests, and the box
-is shared).
+The SLO bounds server-side latency (``core.types.SLO_LATENCY``, docs/operations.md): the
+agent reads Triton's request traces (``GRPC_WAITREAD_END`` -> ``GRPC_SEND_END``). The
+independent measurement of the same latency is Triton's Prometheus summary
+``nv_inference_request_summary_us``: another mechanism inside the server (CKMS quantile
+sketches over *every* request, no traces), reset when the model is loaded, and covering
+all requests since then for its first 60 s.
+
+Like with like, whatever the box's speed: one window holds exactly the requests of one
+load burst, both sides count those requests, and the comparison is made in *rank* space.
+The agent's p99 is a sample quantile of ``n`` traced requests out of the ``N`` the summary
+counted, so the share of requests below it is Beta-distributed around 0.99 with standard
+deviation ``sqrt(p (1 - p) (1 - n/N) / n)``; the test asks that it lies between the
+summary's quantiles at ``0.99 -/+ delta``, where ``delta`` is 3.29 of those standard
+deviations (a two-sided false-failure rate of 1 in 1,000 per window), plus the sketch's
+rank error and one request. A box that slows down moves both sides together; a biased
+agent (the old one read 5-30 % low against a client, which also counts the client's own
+path) lands outside the band.
+
+The client's p99 over the same requests is at least the server's (each request's client
+latency contains its server span), which the test checks too; the gap between them, the
+client path that the SLO leaves out, is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-from collections.abc import AsyncIterator
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 
 from dnnscaler.agents.backends.triton import TritonBackend
 from dnnscaler.core.logging import get_logger
-from dnnscaler.core.types import Knobs
+from dnnscaler.core.types import Knobs, WindowStats
 from dnnscaler.loadgen import LoadGen
+from dnnscaler.loadgen.stats import LoadWindow
 from dnnscaler.triton.install import triton_installed
 from dnnscaler.triton.launcher import LocalTriton
 
@@ -28,8 +50,18 @@ pytestmark = [
 ]
 
 TRITON_DEMO_MODELS = ["serial_io", "wide_mlp"]
-WINDOWS = 4
-WINDOW_S = 2.5
+# The summary's quantiles: the band's edges are picked from these (rank error 0.0005).
+QUANTILES = (0.5, 0.95, 0.975, 0.98, 0.9825, 0.985, 0.9875, 0.99, 0.9925, 0.995, 0.997)
+QUANTILES += (0.998, 0.999)
+SKETCH_EPS = 0.0005
+TRITON_EXTRA_ARGS = [
+    "--metrics-config=summary_latencies=true",
+    "--metrics-config=summary_quantiles="
+    + ",".join(f"{q}:{0.01 if q == 0.5 else SKETCH_EPS}" for q in QUANTILES),
+]
+WINDOW_S = 8.0  # under the summary's first age-bucket rotation horizon (60 s)
+Z_1_IN_1000 = 3.29  # two-sided normal quantile for a false-failure rate of 1e-3
+MIN_SAMPLES = 300  # fewer traced requests than this: the host could not offer the load
 log = get_logger(__name__)
 
 
@@ -58,8 +90,122 @@ async def _trace_rate(server: LocalTriton) -> int:
         await client.close()
 
 
-def agrees(server_ms: float, client_ms: float) -> bool:
-    return abs(server_ms - client_ms) <= max(0.15 * client_ms, 2.0)
+def request_summary(metrics_text: str, model: str) -> tuple[int, dict[float, float]]:
+    """``nv_inference_request_summary_us`` of ``model``: (count, {quantile: ms})."""
+    count = 0
+    quantiles: dict[float, float] = {}
+    pattern = r"^nv_inference_request_summary_us(_count)?\{([^}]*)\}\s+(\S+)"
+    for m in re.finditer(pattern, metrics_text, re.M):
+        labels = m.group(2)
+        if f'model="{model}"' not in labels:
+            continue
+        if m.group(1):
+            count += int(float(m.group(3)))
+            continue
+        q = re.search(r'quantile="([^"]+)"', labels)
+        if q is not None and not math.isnan(float(m.group(3))):
+            quantiles[float(q.group(1))] = float(m.group(3)) / 1000.0
+    return count, quantiles
+
+
+def band(n: int, population: int, p: float = 0.99) -> tuple[float, float]:
+    """The ranks between which a sample p-quantile of ``n`` of ``population`` requests
+    falls but once in 1,000 (normal approximation to its Beta law, finite population),
+    widened by the sketch's rank error and one request."""
+    f = min(1.0, n / max(population, 1))
+    sd = math.sqrt(p * (1 - p) * (1 - f) / max(n, 1))
+    delta = Z_1_IN_1000 * sd + SKETCH_EPS + 1.0 / max(n, 1)
+    return p - delta, p + delta
+
+
+def edges(lo: float, hi: float) -> tuple[float, float]:
+    """The summary's quantiles just outside ``[lo, hi]`` (conservative)."""
+    below = max((q for q in QUANTILES if q <= lo), default=QUANTILES[0])
+    above = min((q for q in QUANTILES if q >= hi), default=QUANTILES[-1])
+    return below, above
+
+
+@dataclass(frozen=True)
+class Measured:
+    agent: WindowStats
+    client: LoadWindow
+    summary_count: int
+    summary_ms: dict[float, float]
+    trace_rate: int
+    log_tail: str
+
+    @property
+    def samples(self) -> int:
+        """Requests the agent's percentile rests on (the server traces 1 in trace_rate)."""
+        return self.agent.completed // max(self.trace_rate, 1)
+
+    def describe(self) -> str:
+        q = {k: round(v, 2) for k, v in self.summary_ms.items()}
+        return (
+            f"agent p99 {self.agent.latency_p99_ms} ms over ~{self.samples} traced of"
+            f" {self.agent.completed}; summary of {self.summary_count}: {q};"
+            f" client p99 {self.client.latency_p99_ms} ms, sent {self.client.sent},"
+            f" completed {self.client.completed}, errors {self.client.errors}"
+            f" (offered {self.client.offered_rps:.0f} rps over {self.client.duration_s:.1f} s);"
+            f" trace rate 1 in {self.trace_rate}"
+        )
+
+
+async def _reload_fresh(server: LocalTriton, model: str) -> None:
+    """Unload and load ``model`` with its config in force: Triton's summary starts afresh."""
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        cfg = (await client.get_model_config(model, as_json=True))["config"]
+        await client.unload_model(model)
+        # Not ready comes at once; the old instances (and the summary they report to) go
+        # only when the index says UNAVAILABLE. Loading before that reuses the summary.
+        for _ in range(300):
+            index = await client.get_model_repository_index(as_json=True)
+            states = {m.get("name"): m.get("state") for m in index.get("models", [])}
+            if states.get(model) == "UNAVAILABLE":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{model} did not unload in 30 s: {states}; {server.log_tail()}")
+        await client.load_model(model, config=json.dumps(cfg))
+    finally:
+        await client.close()
+
+
+def _metrics(server: LocalTriton) -> str:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+async def _measure(
+    backend: TritonBackend, server: LocalTriton, model: str, rate_rps: float, seed: int
+) -> Measured:
+    # Warm up at the rate: the backend sets its trace sampling for it (and keeps it: the
+    # rate falls only once the peak of the last 10 observations allows).
+    async with LoadGen(server.grpc_url, model, rate_rps=rate_rps, seed=seed) as gen:
+        for _ in range(3):
+            await asyncio.sleep(1.0)
+            await backend.observe()
+    assert gen.snapshot().errors == 0, gen.error_report()
+    await _reload_fresh(server, model)
+    await backend.observe()  # the baseline: the window starts before the first request
+    async with LoadGen(server.grpc_url, model, rate_rps=rate_rps, seed=seed + 1) as gen:
+        await asyncio.sleep(WINDOW_S)
+    # The load has stopped and drained: the window and the summary hold the same requests.
+    client = gen.snapshot()
+    await asyncio.sleep(0.5)
+    agent = {w.info.name: w.window for w in await backend.observe()}[model]
+    count, quantiles = request_summary(await asyncio.to_thread(_metrics, server), model)
+    return Measured(
+        agent,
+        client,
+        count,
+        quantiles,
+        await _trace_rate(server),
+        server.log_tail(5),
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,15 +213,19 @@ def agrees(server_ms: float, client_ms: float) -> bool:
     [
         ("serial_io", Knobs(max_batch_size=1, instances=4), 150.0, 250.0),  # instance-heavy
         ("wide_mlp", Knobs(max_batch_size=16, instances=1), 120.0, 250.0),  # batching-heavy
-        # Sampled: a budget of 150 traced requests a second at 300 rps traces 1 in 2 or 3
-        # (with a budget of 100, 1 in 3 or 4, one window in four read 16 % low).
+        # Sampled: a budget of 150 traced requests a second at 300 rps traces 1 in 2 or 3.
         ("wide_mlp", Knobs(max_batch_size=16, instances=1), 300.0, 150.0),
     ],
     indirect=["backend"],
     ids=["serial_io", "wide_mlp", "wide_mlp-sampled"],
 )
-async def test_agent_p99_matches_client_p99(
-    backend: TritonBackend, triton_server: LocalTriton, model: str, knobs: Knobs, rate_rps: float
+async def test_agent_p99_matches_server_p99(
+    backend: TritonBackend,
+    triton_server: LocalTriton,
+    model: str,
+    knobs: Knobs,
+    rate_rps: float,
+    margin: Callable[..., None],
 ) -> None:
     outcome = await backend.apply(model, knobs)
     for _ in range(60):
@@ -84,29 +234,49 @@ async def test_agent_p99_matches_client_p99(
         await asyncio.sleep(0.5)
         outcome = await backend.apply(model, knobs)
     assert outcome.ok, outcome.error
-    pairs: list[tuple[float, float]] = []
-    async with LoadGen(triton_server.grpc_url, model, rate_rps=rate_rps, seed=7) as gen:
-        await asyncio.sleep(2.0)  # warm up (the backend sets its trace sampling) ...
-        await backend.observe()
-        await asyncio.sleep(1.0)
-        gen.window()  # ... then start both windows together
-        await backend.observe()
-        # The server traces 1 in ceil(measured rps / budget): the measured rate of a Poisson
-        # load is within 20 % of the offered one here.
-        budget = backend.trace_budget_rps or rate_rps
-        lo, hi = (max(1, math.ceil(f * rate_rps / budget)) for f in (0.8, 1.2))
-        assert lo <= await _trace_rate(triton_server) <= hi
-        for _ in range(WINDOWS):
-            await asyncio.sleep(WINDOW_S)
-            client = gen.window()
-            server = {w.info.name: w.window for w in await backend.observe()}[model]
-            assert client.errors == 0 and server.failed == 0, gen.last_error
-            assert client.latency_p99_ms is not None
-            assert server.latency_p99_ms is not None, "the agent must report a p99"
-            assert server.latency_p50_ms is not None and server.latency_p95_ms is not None
-            assert server.completed > 0 and server.throughput_rps > 0
-            assert server.batch_stats and server.queue_mean_ms is not None
-            pairs.append((server.latency_p99_ms, client.latency_p99_ms))
-    log.info("p99_agreement", model=model, pairs=[(round(s, 2), round(c, 2)) for s, c in pairs])
-    good = sum(agrees(s, c) for s, c in pairs)
-    assert good >= WINDOWS - 1, f"agent vs client p99 (ms): {pairs}"
+    for attempt in (1, 2):
+        got = await _measure(backend, triton_server, model, rate_rps, seed=7 + 10 * attempt)
+        # Judgeable only if the box offered the load: enough traced requests for a tail.
+        if got.samples >= MIN_SAMPLES and got.summary_count >= MIN_SAMPLES:
+            break
+        print(f"{model}: attempt {attempt} cannot be judged (host too slow?): {got.describe()}")
+    else:
+        pytest.xfail(f"{model}: the host could not offer the load twice: {got.describe()}")
+    why = f"{model}: {got.describe()}; server log tail: {got.log_tail}"
+    assert got.client.errors == 0 and got.agent.failed == 0, f"{why}; {got.client}"
+    # The server traces 1 in ceil(measured rps / budget); a Poisson load's measured rate is
+    # within 20 % of the offered one here.
+    budget = backend.trace_budget_rps or rate_rps
+    lo_rate, hi_rate = (max(1, math.ceil(f * rate_rps / budget)) for f in (0.8, 1.2))
+    assert lo_rate <= got.trace_rate <= hi_rate, why
+    a = got.agent
+    assert a.latency_p99_ms is not None, f"the agent must report a p99: {why}"
+    assert a.latency_p50_ms is not None and a.latency_p95_ms is not None, why
+    assert a.completed > 0 and a.throughput_rps > 0, why
+    assert a.batch_stats and a.queue_mean_ms is not None, why
+    # Both count the same requests (Triton's statistics and its summary: one burst).
+    assert a.completed == got.summary_count == got.client.completed, why
+    lo, hi = edges(*band(got.samples, got.summary_count))
+    assert lo in got.summary_ms and hi in got.summary_ms, why
+    # The summary reports whole microseconds.
+    low_ms, high_ms = got.summary_ms[lo] - 0.001, got.summary_ms[hi] + 0.001
+    log.info(
+        "p99_agreement",
+        model=model,
+        agent_ms=round(a.latency_p99_ms, 2),
+        server_ms=round(got.summary_ms[0.99], 2),
+        band_ms=(round(low_ms, 2), round(high_ms, 2)),
+        band_ranks=(lo, hi),
+        client_ms=got.client.latency_p99_ms,
+        samples=got.samples,
+    )
+    print(
+        f"{model}: agent p99 {a.latency_p99_ms:.2f} ms, server p99 {got.summary_ms[0.99]:.2f}"
+        f" ms, band [{low_ms:.2f}, {high_ms:.2f}] (ranks {lo}-{hi}), client p99"
+        f" {got.client.latency_p99_ms:.2f} ms over {got.summary_count} requests"
+    )
+    margin("p99_band", a.latency_p99_ms, low=low_ms, high=high_ms)
+    assert low_ms <= a.latency_p99_ms <= high_ms, f"agent p99 outside the band: {why}"
+    # The client's p99 over the same requests cannot be under the server's.
+    assert got.client.latency_p99_ms is not None, why
+    assert got.client.latency_p99_ms >= got.summary_ms[lo] - 0.001, why

@@ -98,7 +98,13 @@ async def test_closed_loop_keeps_concurrency_and_counts_errors() -> None:
     assert fake.max_in_flight == 3
     assert snap.errors >= 1
     assert snap.errors + snap.completed == fake.calls
-    assert gen.last_error == "boom"
+    assert gen.last_error.endswith("boom")
+    # Each failure is kept with its time and message, in order, for a test to print.
+    assert 1 <= len(gen.errors) == min(snap.errors, 50)
+    first = gen.errors[0]
+    assert first.message.endswith("boom") and 0 <= first.sent_s <= first.failed_s
+    assert [e.sent_s for e in gen.errors] == sorted(e.sent_s for e in gen.errors)
+    assert "boom" in gen.error_report() and gen.error_report().startswith("t=")
 
 
 async def test_bounded_by_request_count() -> None:

@@ -909,6 +909,8 @@ class Converged:
     # measurable here). A burst of a second or two breaks a window's tail, and the policy
     # reads it as the config's.
     host_peak: HostLoad | None = None
+    # The failed client requests: when (seconds since the load started), and why.
+    error_log: str = ""
 
 
 async def converge(
@@ -969,6 +971,9 @@ async def converge(
                         f"{model}: no request completed for {idle} windows at {rate_rps:.0f} rps"
                     )
             errors = gen.snapshot().errors
+            error_log = gen.error_report()
+            if errors:
+                error_log += f"; policy moves: {' | '.join(moves) or 'none'}"
         # Let an update sent in the last window land before reading the result.
         await asyncio.sleep(2 * window_s)
         knobs = (await _info(setup_backend, model)).knobs
@@ -981,7 +986,7 @@ async def converge(
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    return Converged(knobs, errors, tuple(moves), plan, peak)
+    return Converged(knobs, errors, tuple(moves), plan, peak, error_log)
 
 
 async def side_by_side(

@@ -84,10 +84,21 @@ class KnobLimits:
             raise InvalidValue("max_queue_delay_us", "must be >= 0")
 
 
+# What an SLO bounds, in the words ``status`` prints and docs/operations.md explains. The
+# agent sits beside the server and sees neither a client's network nor its process, so it
+# reports (and the policy steers) the server's own latency; leave the client path's share
+# of the user's budget out of the SLO (docs/operations.md, "What the SLO bounds").
+SLO_LATENCY = (
+    "SLO latency is server-side: from the server reading a request to sending its response"
+    " (Triton: request trace GRPC_WAITREAD_END to GRPC_SEND_END, the same requests as its"
+    " nv_inference_request_summary_us); it excludes the client's network and process"
+)
+
+
 @dataclass(frozen=True)
 class Slo:
-    """A latency objective: the ``percentile``-th percentile of end-to-end latency must be
-    at most ``latency_ms``."""
+    """A latency objective: the ``percentile``-th percentile of the *server-side* request
+    latency (``SLO_LATENCY``) must be at most ``latency_ms``."""
 
     latency_ms: float
     percentile: float = 99.0

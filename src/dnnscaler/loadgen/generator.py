@@ -53,6 +53,23 @@ def check_loopback(url: str) -> None:
 
 
 @dataclass(frozen=True)
+class RequestError:
+    """One failed request: when it was sent and answered (seconds since the generator
+    started), and what the client library said. Tests print these, not a count."""
+
+    sent_s: float
+    failed_s: float
+    message: str
+
+    def __str__(self) -> str:
+        took = self.failed_s - self.sent_s
+        return f"t={self.sent_s:.2f}s (+{took * 1000:.0f} ms): {self.message}"
+
+
+MAX_ERRORS_KEPT = 50
+
+
+@dataclass(frozen=True)
 class InputSpec:
     name: str
     datatype: str
@@ -120,6 +137,9 @@ class LoadGen:
         self._win_offered_integral = 0.0
         self._rate_since = 0.0
         self.last_error: str = ""
+        # The first ``MAX_ERRORS_KEPT`` failures with their times (a count alone cannot
+        # tell a reload race from a timeout or a stop).
+        self.errors: list[RequestError] = []
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> LoadGen:
@@ -263,8 +283,25 @@ class LoadGen:
             and self._clock() - self._t0 < self.max_duration_s
         )
 
+    def _failed(self, sent_at: float, message: str) -> None:
+        self._err_total += 1
+        self._win_err += 1
+        self.last_error = message
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            now = self._clock() - self._t0
+            self.errors.append(RequestError(sent_at - self._t0, now, message))
+
+    def error_report(self, limit: int = 10) -> str:
+        """The first failures, one a line, for a test's assertion message."""
+        if not self._err_total:
+            return "no failed request"
+        lines = [str(e) for e in self.errors[:limit]]
+        more = self._err_total - len(lines)
+        return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
     async def _one(self) -> None:
         t0 = time.perf_counter()
+        sent_at = self._clock()
         try:
             await self._client.infer(
                 self.model,
@@ -273,14 +310,10 @@ class LoadGen:
                 client_timeout=self.request_timeout_s,
             )
         except asyncio.CancelledError:  # stopped before the answer came: not a success
-            self._err_total += 1
-            self._win_err += 1
-            self.last_error = "cancelled at stop"
+            self._failed(sent_at, "cancelled at stop")
             raise
         except Exception as exc:
-            self._err_total += 1
-            self._win_err += 1
-            self.last_error = str(exc)
+            self._failed(sent_at, f"{type(exc).__name__}: {exc}")
             return
         lat = time.perf_counter() - t0
         self._lat_total.append(lat)
