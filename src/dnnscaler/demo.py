@@ -75,6 +75,10 @@ class DemoEnv(Protocol):
 
     def failed_requests(self) -> int: ...
 
+    def failed_request_log(self) -> dict[str, str]:
+        """Per model: its failed requests' times and messages (empty when none failed)."""
+        ...
+
 
 # -- environments ----------------------------------------------------------------------
 
@@ -113,6 +117,9 @@ class SimEnv:
 
     def failed_requests(self) -> int:
         return 0
+
+    def failed_request_log(self) -> dict[str, str]:
+        return {}
 
 
 class TritonEnv:
@@ -162,6 +169,9 @@ class TritonEnv:
     def failed_requests(self) -> int:
         return sum(self._errors_seen.values())
 
+    def failed_request_log(self) -> dict[str, str]:
+        return {m: g.error_report() for m, g in self.loadgens.items() if g.errors}
+
 
 TRITON_PLANS = [
     # Staircases sized for a 2-core CPU box shared with the load generator (docs/triton.md).
@@ -177,6 +187,7 @@ TRITON_PLANS = [
 class DemoResult:
     samples: list[Sample] = field(default_factory=list)
     failed_requests: int = 0
+    failed_request_log: dict[str, str] = field(default_factory=dict)
     knob_changes: dict[str, int] = field(default_factory=dict)
 
 
@@ -270,6 +281,7 @@ async def run_demo(
             models = await admin.ListModels(admin_pb2.ListModelsRequest())
             result.knob_changes = {m.model: m.knob_changes for m in models.models}
         result.failed_requests = env.failed_requests()
+        result.failed_request_log = env.failed_request_log()
     finally:
         agent.stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
@@ -461,6 +473,7 @@ def run(args: argparse.Namespace) -> int:
                 "backend": args.backend,
                 "models": summary,
                 "failed_requests": result.failed_requests,
+                "failed_request_log": result.failed_request_log,
                 "samples": [s.__dict__ for s in result.samples],
             },
             indent=1,

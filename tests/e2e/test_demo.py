@@ -27,7 +27,7 @@ def _check(tmp_path: Path, r: subprocess.CompletedProcess[str], models: set[str]
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert {m["model"] for m in doc["models"]} == models
     assert (tmp_path / "demo.png").stat().st_size > 10_000
-    assert doc["failed_requests"] == 0
+    assert doc["failed_requests"] == 0, doc.get("failed_request_log")
     return doc
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +130,49 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert procs_with(str(tmp_path / "w")) == []
+
+
+def test_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the process that started Triton (no cleanup runs) still stops Triton: it
+    gets SIGTERM from the kernel (``setpriv --pdeathsig``) and shuts down by itself."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) not installed: no parent-death signal")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dnnscaler.cli",
+            "triton-local",
+            "--demo",
+            "--models",
+            "echo",
+            "--demo-dir",
+            str(tmp_path / "repo"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        json.loads(proc.stdout.readline())  # serving
+        servers = [p for p in procs_with(str(tmp_path / "w")) if p != proc.pid]
+        assert servers, "tritonserver should run from the given workdir"
+        proc.kill()
+        proc.wait(timeout=30)
+        for _ in range(300):  # Triton's exit takes 2-5 s; bounded at 30 s
+            left = procs_with(str(tmp_path / "w"))
+            if not left:
+                break
+            time.sleep(0.1)
+        log = (tmp_path / "w" / "tritonserver.log").read_text(errors="replace")[-2000:]
+        assert left == [], f"left running after the owner's kill -9: {left}; log: {log}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in procs_with(str(tmp_path / "w")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -47,6 +47,7 @@ class BenchRecord:
     scenarios: tuple[ScenarioResult, ...] = field(default_factory=tuple)
     error: str | None = None  # the run failed (exception type and message); capacity 0
     attempts: int = 1  # runs made (a run whose server crashed or stalled is repeated)
+    failed_request_log: str = ""  # the failed requests' times and messages, if any
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -262,6 +262,7 @@ class OnlineRun:
     failed_requests: int
     approach: str
     final_knobs: Knobs
+    failed_request_log: str = ""
 
 
 async def run_staircase(
@@ -304,6 +305,7 @@ async def run_staircase(
     lats: list[np.ndarray] = []
     steps: list[m.StepResult] = []
     failed = 0
+    error_log = ""
     try:
         await agent.connected.wait()
         async with LoadGen(
@@ -354,6 +356,7 @@ async def run_staircase(
                     )
                     if m.should_stop(st, windows, steps):
                         break
+            error_log = gen.error_report() if gen.errors else ""
         loops = controller.registry.loops_for(model)
         changes = loops[0].knob_changes if loops else 0
     finally:
@@ -372,6 +375,7 @@ async def run_staircase(
         failed_requests=failed,
         approach=final.approach if final else "undecided",
         final_knobs=final.knobs if final else start_knobs,
+        failed_request_log=error_log,
     )
 
 
@@ -410,6 +414,7 @@ def record_for(
         percentile=slo.percentile,
         window_s=cfg.window_s,
         error=run_error(run.windows, death_note),
+        failed_request_log=run.failed_request_log,
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from dnnscaler.core.logging import get_logger
 from dnnscaler.triton.install import TritonInstall, find_triton
@@ -65,28 +64,20 @@ def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the thread that spawned us exits.
+def die_with_parent_prefix() -> list[str]:
+    """A command prefix that gives the server SIGTERM when the thread that spawned it exits.
 
     A test runner or script killed without cleanup then does not leave an orphan server
     (and its stubs and shared memory) behind: Triton shuts down on SIGTERM by itself.
+    util-linux's ``setpriv --pdeathsig`` sets it and execs, so the PID stays the server's.
+    It replaces a ``preexec_fn`` calling prctl: Python code between fork and exec runs the
+    interpreter's at-fork handlers in the child, and gRPC's (the controller and agent in
+    the same process) crashed it with SIGSEGV before exec (``tritonserver exited with
+    -11`` and an empty log, in the flake gate's first run on 12-03). Without setpriv: no
+    prefix.
     """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _find_prctl() -> Any:
-    """libc's prctl, resolved in the parent (no dlopen between fork and exec)."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _find_prctl()
+    tool = shutil.which("setpriv")
+    return [tool, "--pdeathsig", "TERM"] if tool else []
 
 
 class LocalTriton:
@@ -240,6 +231,7 @@ class LocalTriton:
             self.workdir = Path(tempfile.mkdtemp(prefix="dnnscaler-triton-"))
         backend_dir = install.assemble_backend_dir(self.workdir / "backends")
         args = [
+            *die_with_parent_prefix(),
             str(install.binary),
             f"--model-repository={self.model_repo}",
             "--model-control-mode=explicit",
@@ -277,7 +269,6 @@ class LocalTriton:
             env=install.environment(),
             cwd=self.workdir,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self._pgid = self._proc.pid
         log.info(
