@@ -196,6 +196,7 @@ async def test_converges_near_oracle(model: str, margin: Callable[..., None]) ->
     with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
         repo = Path(tmp) / "models"
         write_repository(repo, [model])
+        server_log = ""
         for attempt in range(1, ATTEMPTS + 1):
             # A Triton of its own per model and attempt: a crash cannot spill over.
             async with start_server(repo, [model], Path(tmp) / f"t{attempt}") as srv:
@@ -209,6 +210,8 @@ async def test_converges_near_oracle(model: str, margin: Callable[..., None]) ->
                         raise
                 else:
                     failure = await _server_failure(srv) if out.run.errors else None
+                    if out.run.errors:
+                        server_log = srv.triton.log_tail(15) if srv.triton else ""
                     # Decided on the host's load alone, whatever the ratio: not a retry
                     # until it passes.
                     failure = failure or _noisy(out)
@@ -217,7 +220,10 @@ async def test_converges_near_oracle(model: str, margin: Callable[..., None]) ->
             print(f"{model}: attempt {attempt}: {failure}")
         else:
             pytest.xfail(f"{model}: no attempt could measure the policy: {failure}")
-    assert out.run.errors == 0, f"{model}: {out.run.errors} failed requests: {out.run.error_log}"
+    assert out.run.errors == 0, (
+        f"{model}: {out.run.errors} failed requests: {out.run.error_log}; host"
+        f" {_host_line(out.host)}; busiest window {out.run.host_peak}; server log: {server_log}"
+    )
     ratio = out.ours_rps / out.oracle_rps if out.oracle_rps > 0 else 0.0
     # The ladder stops once the verdict is known: a passing ratio is a lower bound.
     summary = (

@@ -8,19 +8,22 @@ sketches over *every* request, no traces), reset when the model is loaded, and c
 all requests since then for its first 60 s.
 
 Like with like, whatever the box's speed: one window holds exactly the requests of one
-load burst, both sides count those requests, and the comparison is made in *rank* space.
-The agent's p99 is a sample quantile of ``n`` traced requests out of the ``N`` the summary
-counted, so the share of requests below it is Beta-distributed around 0.99 with standard
-deviation ``sqrt(p (1 - p) (1 - n/N) / n)``; the test asks that it lies between the
-summary's quantiles at ``0.99 -/+ delta``, where ``delta`` is 3.29 of those standard
-deviations (a two-sided false-failure rate of 1 in 1,000 per window), plus the sketch's
-rank error and one request. A box that slows down moves both sides together; a biased
-agent (the old one read 5-30 % low against a client, which also counts the client's own
-path) lands outside the band.
+load burst, and three measurements of those same requests nest, request by request. Triton's
+summary spans ``REQUEST_START`` to the backend's end of execution; the agent's trace span
+(``GRPC_WAITREAD_END`` -> ``GRPC_SEND_END``) contains it and adds the gRPC frontend's
+parse and send; the client's span contains the agent's and adds the client path. So the
+agent's p99 can be neither below the server's own nor above the client's, up to sampling.
+The comparison is made in *rank* space: the agent's p99 is a sample quantile of ``n`` traced
+requests out of the ``N`` the summary counted, so the share of requests below it is
+Beta-distributed around 0.99 with standard deviation ``sqrt(p (1 - p) (1 - n/N) / n)``.
+The test asks that it lies above the summary's quantile at ``0.99 - delta`` and below the
+client's exact quantile at ``0.99 + delta``, where ``delta`` is 3.29 of those standard
+deviations (a two-sided false-failure rate of 1 in 1,000), plus the sketch's rank error and
+one request. A box that slows down moves all three together. The old agent's failure mode,
+reading low, lands under the lower edge; over-reading lands over the upper one.
 
-The client's p99 over the same requests is at least the server's (each request's client
-latency contains its server span), which the test checks too; the gap between them, the
-client path that the SLO leaves out, is logged.
+The frontend's share (agent minus summary) and the client path (client minus agent) at the
+p99 are recorded as JUnit properties, for the SLO's documentation.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from dnnscaler.agents.backends.triton import TritonBackend
@@ -50,9 +54,8 @@ pytestmark = [
 ]
 
 TRITON_DEMO_MODELS = ["serial_io", "wide_mlp"]
-# The summary's quantiles: the band's edges are picked from these (rank error 0.0005).
-QUANTILES = (0.5, 0.95, 0.975, 0.98, 0.9825, 0.985, 0.9875, 0.99, 0.9925, 0.995, 0.997)
-QUANTILES += (0.998, 0.999)
+# The summary's quantiles: the band's lower edge is one of these (rank error 0.0005).
+QUANTILES = (0.5, 0.95, 0.975, 0.98, 0.9825, 0.985, 0.9875, 0.99)
 SKETCH_EPS = 0.0005
 TRITON_EXTRA_ARGS = [
     "--metrics-config=summary_latencies=true",
@@ -118,11 +121,9 @@ def band(n: int, population: int, p: float = 0.99) -> tuple[float, float]:
     return p - delta, p + delta
 
 
-def edges(lo: float, hi: float) -> tuple[float, float]:
-    """The summary's quantiles just outside ``[lo, hi]`` (conservative)."""
-    below = max((q for q in QUANTILES if q <= lo), default=QUANTILES[0])
-    above = min((q for q in QUANTILES if q >= hi), default=QUANTILES[-1])
-    return below, above
+def summary_rank_below(rank: float) -> float:
+    """The highest of the summary's quantiles at or under ``rank`` (conservative)."""
+    return max((q for q in QUANTILES if q <= rank), default=QUANTILES[0])
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ async def test_agent_p99_matches_server_p99(
     knobs: Knobs,
     rate_rps: float,
     margin: Callable[..., None],
+    record_property: Callable[[str, object], None],
 ) -> None:
     outcome = await backend.apply(model, knobs)
     for _ in range(60):
@@ -256,27 +258,33 @@ async def test_agent_p99_matches_server_p99(
     assert a.batch_stats and a.queue_mean_ms is not None, why
     # Both count the same requests (Triton's statistics and its summary: one burst).
     assert a.completed == got.summary_count == got.client.completed, why
-    lo, hi = edges(*band(got.samples, got.summary_count))
-    assert lo in got.summary_ms and hi in got.summary_ms, why
-    # The summary reports whole microseconds.
-    low_ms, high_ms = got.summary_ms[lo] - 0.001, got.summary_ms[hi] + 0.001
+    lo_rank, hi_rank = band(got.samples, got.summary_count)
+    lo = summary_rank_below(lo_rank)
+    assert lo in got.summary_ms and 0.99 in got.summary_ms, why
+    # Below: Triton's summary (whole microseconds) at the lower rank. Above: the client's
+    # exact quantile at the upper rank, over the same requests.
+    low_ms = got.summary_ms[lo] - 0.001
+    high_ms = float(np.quantile(got.client.latencies_ms, min(hi_rank, 1.0)))
+    server_ms = got.summary_ms[0.99]
     log.info(
         "p99_agreement",
         model=model,
         agent_ms=round(a.latency_p99_ms, 2),
-        server_ms=round(got.summary_ms[0.99], 2),
+        server_ms=round(server_ms, 2),
         band_ms=(round(low_ms, 2), round(high_ms, 2)),
-        band_ranks=(lo, hi),
+        ranks=(lo, round(hi_rank, 4)),
         client_ms=got.client.latency_p99_ms,
         samples=got.samples,
     )
     print(
-        f"{model}: agent p99 {a.latency_p99_ms:.2f} ms, server p99 {got.summary_ms[0.99]:.2f}"
-        f" ms, band [{low_ms:.2f}, {high_ms:.2f}] (ranks {lo}-{hi}), client p99"
-        f" {got.client.latency_p99_ms:.2f} ms over {got.summary_count} requests"
+        f"{model}: agent p99 {a.latency_p99_ms:.2f} ms, server (summary) p99 {server_ms:.2f} ms,"
+        f" client p99 {got.client.latency_p99_ms:.2f} ms; band [{low_ms:.2f}, {high_ms:.2f}]"
+        f" (summary at {lo}, client at {hi_rank:.4f}) over {got.summary_count} requests"
     )
+    # The frontend's share (the agent's span minus the summary's) and the client path (the
+    # client's minus the agent's), at the p99: what each span adds, for the record.
+    record_property("frontend_ms_at_p99", round(a.latency_p99_ms - server_ms, 3))
+    record_property("client_path_ms_at_p99", round(got.client.latency_p99_ms - a.latency_p99_ms, 3))
     margin("p99_band", a.latency_p99_ms, low=low_ms, high=high_ms)
-    assert low_ms <= a.latency_p99_ms <= high_ms, f"agent p99 outside the band: {why}"
-    # The client's p99 over the same requests cannot be under the server's.
-    assert got.client.latency_p99_ms is not None, why
-    assert got.client.latency_p99_ms >= got.summary_ms[lo] - 0.001, why
+    assert a.latency_p99_ms >= low_ms, f"agent p99 under the server's own: {why}"
+    assert a.latency_p99_ms <= high_ms, f"agent p99 over the client's: {why}"

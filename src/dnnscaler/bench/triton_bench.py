@@ -975,10 +975,14 @@ async def converge(
                     raise ServerStalled(
                         f"{model}: no request completed for {idle} windows at {rate_rps:.0f} rps"
                     )
-            errors = gen.snapshot().errors
+            snap = gen.snapshot()
+            errors = snap.errors
             error_log = gen.error_report()
             if errors:
-                error_log += f"; policy moves: {' | '.join(moves) or 'none'}"
+                error_log += (
+                    f"; offered {rate_rps:.0f} rps, sent {snap.offered_rps:.0f}/s, completed"
+                    f" {snap.throughput_rps:.0f}/s; policy moves: {' | '.join(moves) or 'none'}"
+                )
         # Let an update sent in the last window land before reading the result.
         await asyncio.sleep(2 * window_s)
         knobs = (await _info(setup_backend, model)).knobs
