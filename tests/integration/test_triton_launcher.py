@@ -96,8 +96,9 @@ async def test_backend_start_without_server() -> None:
     await backend.close()
 
 
-def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
+def _triton_local(tmp_path: Path) -> subprocess.Popen[str]:
+    """``dnnscaler triton-local`` serving the echo demo model from ``tmp_path``."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -115,6 +116,10 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    proc = _triton_local(tmp_path)
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
@@ -137,24 +142,7 @@ def test_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
     gets SIGTERM from the kernel (``setpriv --pdeathsig``) and shuts down by itself."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) not installed: no parent-death signal")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dnnscaler.cli",
-            "triton-local",
-            "--demo",
-            "--models",
-            "echo",
-            "--demo-dir",
-            str(tmp_path / "repo"),
-            "--workdir",
-            str(tmp_path / "w"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = _triton_local(tmp_path)
     try:
         assert proc.stdout is not None
         json.loads(proc.stdout.readline())  # serving
