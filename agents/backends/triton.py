@@ -137,6 +137,8 @@ class TritonBackend:
     ``instances * instance_memory_mb`` over all models (CPU hosts have no NVML).
     ``cpu_meter``: ``"auto"`` reads this host's CPUs when the server is on loopback (its
     CPU-kind instances then run here); ``None`` never reports a device busy share.
+    ``keep_trace_files``: leave the trace files in place after reading them (an audit of
+    the percentiles against the raw traces; they accumulate, ~30 KB per 20 requests).
     """
 
     kind = "triton"
@@ -157,10 +159,12 @@ class TritonBackend:
         trace_budget_rps: float | None = 250.0,
         clock: Callable[[], float] = time.monotonic,
         cpu_meter: HostCpuMeter | Literal["auto"] | None = "auto",
+        keep_trace_files: bool = False,
     ) -> None:
         self.grpc_url = grpc_url
         self.metrics_url = metrics_url
         self._trace_arg = trace_file
+        self.keep_trace_files = keep_trace_files
         self.memory_budget_mb = memory_budget_mb
         self.request_timeout_s = request_timeout_s
         self.load_timeout_s = load_timeout_s
@@ -278,7 +282,7 @@ class TritonBackend:
         if path is None or not path.parent.is_dir():
             self._log.warning("triton_backend.no_trace_file", hint="percentiles unavailable")
             return
-        self._trace = TraceReader(path)
+        self._trace = TraceReader(path, delete=not self.keep_trace_files)
         self._trace.discard_existing()
         self._log.info("triton_backend.tracing", prefix=str(path))
 

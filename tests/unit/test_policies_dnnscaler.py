@@ -660,3 +660,25 @@ def test_the_policy_rescales_its_records_on_a_device_shift() -> None:
     assert state.surface.shift_ratio == pytest.approx(1.5, rel=0.05)
     floor = next(r.floor_rps for r in state.records if (r.max_batch_size, r.instances) == (4, 1))
     assert floor == pytest.approx(200.0 / 1.5, rel=0.05)
+
+
+def test_a_retreat_goes_to_the_safe_config_the_plan_ranks_highest() -> None:
+    # 12-03 in CI (wide_mlp on real Triton, 375 rps): b8 n3, an exploration, broke the SLO.
+    # b16 n1, b4 n2 and b16 n2 had each served about that load; their floors (365, 402,
+    # 394 rps) only say so. The retreat used to take the highest floor (b4 n2, which
+    # saturates near 530 rps) and the run ended at 0.86 x the oracle; it now takes the
+    # one the plan ranks highest among them.
+    state = DnnScalerState(
+        records=(
+            ConfigRecord(16, 1, floor_rps=365.0),
+            ConfigRecord(4, 2, floor_rps=402.0),
+            ConfigRecord(16, 2, floor_rps=394.0),
+            ConfigRecord(8, 3, ceiling_rps=375.0),
+        )
+    )
+    caps = {(16, 1): 502.0, (4, 2): 442.0, (16, 2): 1684.0, (8, 3): 364.0}
+    got = DnnScalerPolicy._retreat(state, Knobs(8, 3, 0), 375.0, set(), caps)
+    assert got is not None and (got.max_batch_size, got.instances) == (16, 2)
+    # A config broken at this load is no retreat, whatever the plan says of it.
+    got = DnnScalerPolicy._retreat(state, Knobs(8, 3, 0), 375.0, {(16, 2)}, caps)
+    assert got is not None and (got.max_batch_size, got.instances) == (16, 1)

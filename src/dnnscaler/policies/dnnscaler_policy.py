@@ -289,7 +289,7 @@ class DnnScalerPolicy:
                 if 0 < r.ceiling_rps <= BROKEN_AT * load and _key(r) != _key(target)
             }
             retreat = (
-                self._retreat(state, target, load, broken)
+                self._retreat(state, target, load, broken, caps)
                 if state.exploring and not proven
                 else None
             )
@@ -422,9 +422,21 @@ class DnnScalerPolicy:
 
     @staticmethod
     def _retreat(
-        state: DnnScalerState, target: Knobs, load: float, broken: set[tuple[int, int]]
+        state: DnnScalerState,
+        target: Knobs,
+        load: float,
+        broken: set[tuple[int, int]],
+        caps: dict[tuple[int, int], float],
     ) -> ConfigRecord | None:
-        """The config measured to serve ``load`` with margin (the highest floor), if any."""
+        """Of the configs measured to serve ``load`` with margin, the one the plan ranks
+        highest, if any.
+
+        Not the highest floor: at a steady load every config run has a floor near that
+        load, so the highest one is noise (12-03 in CI: ``wide_mlp`` went back to b4 n2,
+        floor 402 rps, rather than b16 n2, floor 394, which carries more, and ended at
+        0.86 x the oracle). Every candidate is safe at this load; the plan (floors and
+        ceilings included) says which carries the most.
+        """
         here = _key(target)
         good = [
             r
@@ -434,7 +446,7 @@ class DnnScalerPolicy:
             and _key(r) != here
             and _key(r) not in broken
         ]
-        return max(good, key=lambda r: r.floor_rps, default=None)
+        return max(good, key=lambda r: (caps.get(_key(r), r.floor_rps), r.floor_rps), default=None)
 
     @staticmethod
     def _in_force(knobs: Knobs, target: Knobs) -> bool:
