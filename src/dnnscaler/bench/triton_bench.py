@@ -918,6 +918,23 @@ class Converged:
     error_log: str = ""
 
 
+SETTLE_S = 90.0  # how long ``converge`` waits for the controller's last change to land
+
+
+def _controller_target(controller: Controller, model: str) -> Knobs | None:
+    """The knobs the controller last chose for ``model`` (sent, maybe not yet in force)."""
+    loops = controller.registry.loops_for(model)
+    if not loops:
+        return None
+    loop = loops[0]
+    if loop.pending is not None:
+        return loop.pending.knobs
+    state = loop.policy_state
+    if isinstance(state, DnnScalerState):
+        return state.target  # confirmed by a report while its reload still runs
+    return loop.knobs
+
+
 async def converge(
     url: str,
     metrics_url: str | None,
@@ -983,9 +1000,17 @@ async def converge(
                     f"; offered {rate_rps:.0f} rps, sent {snap.offered_rps:.0f}/s, completed"
                     f" {snap.throughput_rps:.0f}/s; policy moves: {' | '.join(moves) or 'none'}"
                 )
-        # Let an update sent in the last window land before reading the result.
+        # Let an update sent in the last windows land before reading the result: a reload
+        # started near the end can take ~10 s on 2 cores (12-03 in CI: the test read b4 n2
+        # while b4 n3 was loading, and its ladder probed the reload).
         await asyncio.sleep(2 * window_s)
-        knobs = (await _info(setup_backend, model)).knobs
+        end = time.monotonic() + SETTLE_S
+        while True:
+            knobs = (await _info(setup_backend, model)).knobs
+            target = _controller_target(controller, model)
+            if target is None or knobs == target or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.25)
         loops = controller.registry.loops_for(model)
         state = loops[0].policy_state if loops else None
         plan = plan_summary(state) if isinstance(state, DnnScalerState) else ""
