@@ -182,6 +182,7 @@ class Measured:
     log_tail: str
     traced_ms: list[float]  # the agent's span of each traced request, parsed by the test
     union_ms: list[float]  # ... to the later of GRPC_SEND_END and REQUEST_END
+    failed_requests: str  # the client's failures: when (since the burst began) and why
 
     @property
     def samples(self) -> int:
@@ -259,6 +260,7 @@ async def _measure(
         server.log_tail(5),
         traced,
         union,
+        gen.error_report(),
     )
 
 
@@ -298,7 +300,9 @@ async def test_agent_p99_matches_server_p99(
     else:
         pytest.xfail(f"{model}: the host could not offer the load twice: {got.describe()}")
     why = f"{model}: {got.describe()}; server log tail: {got.log_tail}"
-    assert got.client.errors == 0 and got.agent.failed == 0, f"{why}; {got.client}"
+    assert got.client.errors == 0 and got.agent.failed == 0, (
+        f"{why}; failed requests: {got.failed_requests}; {got.client}"
+    )
     # The server traces 1 in ceil(measured rps / budget); a Poisson load's measured rate is
     # within 20 % of the offered one here.
     budget = backend.trace_budget_rps or rate_rps
