@@ -138,7 +138,9 @@ def band(n: int, population: int, p: float = 0.99) -> tuple[float, float]:
 
 def traced_spans(prefix: Path, model: str, after_ns: int) -> tuple[list[float], list[float]]:
     """``model``'s traced requests that completed after ``after_ns``, parsed here from the raw
-    trace files: (the agent's span, the span that contains the summary's), in ms."""
+    trace files: (the agent's span, the span that contains the summary's), in ms.
+
+    Deliberately not ``triton.tracing.requests_from_entries``: link 1 checks that code."""
     stamps: dict[int, dict[str, int]] = {}
     names: dict[int, str] = {}
     for path in sorted(prefix.parent.glob(prefix.name + ".*")):
