@@ -1,7 +1,8 @@
 """On a real local Triton, the controller (default policy) converges on each demo model to
 knobs whose capacity under the SLO is at least 0.8 x the best config of a reduced oracle
 grid (the target is 0.9 x; both are recorded), measured side by side in the same run; and
-no request fails meanwhile."""
+no request fails meanwhile. The SLO is stated in units of the model's own speed on the box
+at the time (``SLO_UNITS``), so a slowed box is judged in the same regime as a quiet one."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from dnnscaler.bench.triton_bench import (
     oracle_sweep,
     side_by_side,
     start_server,
+    unit_latency_ms,
 )
 from dnnscaler.core.types import Knobs, Slo
 
@@ -47,7 +49,19 @@ pytestmark = [
 ]
 
 MODELS = ("wide_mlp", "serial_io", "resnet_small")
-SLO_MS = {"wide_mlp": 50.0, "serial_io": 60.0, "resnet_small": 80.0}
+# Each model's SLO in units of its own speed on this box right now: the median latency of
+# one request at a time at its start config (``unit_latency_ms``; wide_mlp ~2.7 ms,
+# serial_io ~11.8 ms, resnet_small ~1.3 ms on a quiet 2-core box, so ~50 / 60 / 80 ms).
+# The box runs 2-3 x slower at times with no steal and no neighbour in sight (12-03 CI:
+# wide_mlp's oracle at 365 rps against 900 quiet). Under a fixed SLO in ms such a box puts
+# the policy in another regime (SLO a few batch times long) than the one this test judges;
+# both CI misses on record on slowed boxes (run 10, the 12-03 landing: 0.78) were there.
+# That regime is the policy's open question (#19), not this test's.
+SLO_UNITS = {"wide_mlp": 18.0, "serial_io": 5.0, "resnet_small": 60.0}
+# An attempt whose box changed speed by more than this between its first and last speed
+# readings (same config) measured two boxes: measured again. Readings at one config on a
+# quiet box agree within ~10 % (12-05: wide_mlp 2.49-2.77 ms).
+SPEED_DRIFT = 1.35
 # The target: converged capacity over the oracle's, side by side. It is recorded (the
 # ``ratio_to_target`` margin), not gated: on this 2-core CPU the policy reads 3 ladder rungs
 # (0.86) under the oracle in about 1 model verdict in 5 (4 of the ~20 verdicts of 12-02/03,
@@ -89,12 +103,18 @@ class Outcome:
     ladder: list[dict[str, Any]]
     phases_s: dict[str, float]
     host: dict[str, HostLoad]  # per phase: CPU used outside our processes (Linux)
+    slo: Slo  # the SLO this attempt ran under (SLO_UNITS x the box's speed)
+    speed_ms: dict[str, float]  # unit latency at the start config: before, after converge, end
 
 
 async def _measure(srv: BenchServer, model: str) -> Outcome:
-    """Oracle sweep, 30 windows of the controller at 0.6 x the oracle, then both configs
-    side by side on one rising ladder, on one server."""
-    slo = Slo(latency_ms=SLO_MS[model], percentile=99.0)
+    """Speed reading and SLO, oracle sweep, 30 windows of the controller at 0.6 x the
+    oracle, a second speed reading, then both configs side by side on one rising ladder,
+    then a last speed reading; on one server."""
+    start = next(i for i in await srv.setup.list_models() if i.name == model).knobs
+    speed = {"start": await unit_latency_ms(srv.grpc_url, model)}
+    slo = Slo(latency_ms=round(SLO_UNITS[model] * speed["start"], 1), percentile=99.0)
+    print(f"{model}: unit latency {speed['start']:.2f} ms at {start}: SLO {slo.latency_ms} ms")
     t0 = time.monotonic()
     phases: dict[str, float] = {}
     meter = HostMeter()
@@ -111,7 +131,6 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
             host[name] = load
         return phases
 
-    start = next(i for i in await srv.setup.list_models() if i.name == model).knobs
     # Pruned: configs that cannot beat the best so far are not bisected (the same pick).
     sweep = await oracle_sweep(srv.grpc_url, srv.setup, model, slo, CFG, prune=True)
     best = max(sweep, key=lambda c: c.capacity_rps)
@@ -131,11 +150,16 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     knobs = run.knobs
     lap("converge")
     if run.errors:
-        return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host)
+        return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host, slo, speed)
+    # The policy decided at the speed the sweep saw: read it again at the start config.
+    await apply_and_wait(srv.setup, model, start)
+    speed["converged"] = await unit_latency_ms(srv.grpc_url, model)
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
         # two noises (11-30 07:45 in CI: b8 n2 against b8 n2 read 886 and 1,024 rps).
-        return Outcome(run, best.knobs, best.capacity_rps, best.capacity_rps, [], phases, host)
+        return Outcome(
+            run, best.knobs, best.capacity_rps, best.capacity_rps, [], phases, host, slo, speed
+        )
     # Side by side: the converged knobs and the oracle's on one rising ladder of rates.
     # From 0.75 x: knobs that cannot carry that much fail the 0.9 bar anyway, and the
     # ladder's low rungs (2 reloads and probes each) were a third of the test's time. If
@@ -157,13 +181,16 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         if theirs > 0:
             break
     await apply_and_wait(srv.setup, model, start)
-    return Outcome(run, best.knobs, ours, theirs, ladder, lap("ladder"), host)
+    lap("ladder")
+    speed["end"] = await unit_latency_ms(srv.grpc_url, model)
+    return Outcome(run, best.knobs, ours, theirs, ladder, phases, host, slo, speed)
 
 
 def _noisy(out: Outcome) -> str | None:
-    """Why an attempt measured the host rather than the policy, or None: the rest of the
-    host took more than ``NOISY_CPUS`` in a phase, or more than ``NOISY_WINDOW_CPUS`` in one
-    of the policy's windows.
+    """Why an attempt measured the host rather than the policy, or None: the box changed
+    speed by more than ``SPEED_DRIFT`` during the attempt, or the rest of the host took
+    more than ``NOISY_CPUS`` in a phase, or more than ``NOISY_WINDOW_CPUS`` in one of the
+    policy's windows.
 
     On this 2-core CPU a neighbour changes which config is best (11-30 15:06, a loop
     burning half a core: resnet_small's b8 n4 carried 767 rps and b8 n2 617, which the
@@ -172,6 +199,9 @@ def _noisy(out: Outcome) -> str | None:
     the config's (11-30 15:37, a lint run next to the test: 0.05 CPUs over the converge
     phase, two windows over the SLO at b8 n2 and 538 rps, a ceiling there, and the policy
     ended on b4 n3 at 0.87 x b8 n2). Either way the bar would grade the neighbour."""
+    speeds = list(out.speed_ms.values())
+    if max(speeds) > SPEED_DRIFT * min(speeds):
+        return f"the box changed speed during the attempt: unit latency {_speed_line(out)}"
     busy = busy_phases(out.host, NOISY_CPUS)
     if busy:
         return f"host busy outside the test: {busy}"
@@ -200,6 +230,10 @@ async def _server_failure(srv: BenchServer) -> str | None:
 
 def _host_line(host: dict[str, HostLoad]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in host.items()) or "not measured"
+
+
+def _speed_line(out: Outcome) -> str:
+    return ", ".join(f"{k} {v:.2f} ms" for k, v in out.speed_ms.items())
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -242,6 +276,7 @@ async def test_converges_near_oracle(model: str, margin: Callable[..., None]) ->
     summary = (
         f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
+        f" SLO p99 {out.slo.latency_ms} ms, unit latency {_speed_line(out)};"
         f" seconds {out.phases_s}; host {_host_line(out.host)};"
         f" busiest converge window {out.run.host_peak})"
     )
