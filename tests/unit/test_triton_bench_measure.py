@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dnnscaler.agents.backend import ModelInfo
@@ -133,3 +134,20 @@ async def test_each_rung_probes_both_configs_at_its_rate(monkeypatch: pytest.Mon
     rates = sorted({r for _, r in server.probes})
     for r in rates:
         assert sorted(k.max_batch_size for k, x in server.probes if x == r) == [4, 8]
+
+
+@pytest.mark.parametrize(("rate_rps", "slo_ms"), [(2114.0, 78.6), (2600.0, 80.0), (900.0, 50.0)])
+def test_a_probe_that_meets_its_slo_never_reaches_the_in_flight_bound(
+    rate_rps: float, slo_ms: float
+) -> None:
+    # Poisson arrivals for 5 s, every request served in exactly the SLO: the most in flight
+    # at once is what a config that meets the SLO can need. Arrivals past the bound are
+    # failures, so the bound must not be reached here (the fixed 128 was, at 2,114 rps
+    # under 78.6 ms: 12-05 CI, resnet_small's b8 n2 failed the ladder at a p99 of 71 ms).
+    rng = np.random.default_rng(0)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate_rps, int(5 * rate_rps)))
+    done = arrivals + slo_ms / 1000.0
+    in_flight = np.searchsorted(arrivals, done, side="left") - np.arange(len(arrivals))
+    slo = Slo(latency_ms=slo_ms, percentile=99.0)
+    assert int(in_flight.max()) < tb.probe_in_flight(rate_rps, slo)
+    assert tb.probe_in_flight(1.0, slo) == tb.PROBE_IN_FLIGHT  # light loads keep the floor

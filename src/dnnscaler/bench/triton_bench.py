@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import re
 import sys
 import tempfile
@@ -117,16 +118,35 @@ async def _info(backend: Any, model: str) -> ModelInfo:
     raise KeyError(f"model {model!r} is not loaded")
 
 
+def probe_in_flight(rate_rps: float, slo: Slo) -> int:
+    """The most requests a probe keeps in flight at ``rate_rps``: twice what Little's law
+    allows while every request meets the SLO (``rate x L``), and at least
+    ``PROBE_IN_FLIGHT``.
+
+    Arrivals past the bound are not sent and count as failures, so the bound must be one
+    that only a config breaking the SLO reaches. A fixed 128 was not: at 2,114 rps under an
+    SLO of 78.6 ms, 166 requests are in flight with every one on time, and ``resnet_small``'s
+    b8 n2 failed the ladder with a p99 of 71 ms (12-05, clean-clone CI: 0.78 x the oracle's
+    b8 n4, whose shorter latency kept it under the bound)."""
+    return max(PROBE_IN_FLIGHT, math.ceil(2.0 * rate_rps * slo.latency_ms / 1000.0))
+
+
 async def _open_loop_probe(
     url: str, model: str, rate: float, slo: Slo, cfg: TritonBenchConfig, seed: int
 ) -> tuple[float | None, int, int]:
-    """p-th percentile (ms) over ``probe_s`` after ``warm_s`` at ``rate``; errors; completed."""
+    """p-th percentile (ms) over ``probe_s`` after ``warm_s`` at ``rate``; errors (arrivals
+    not sent at the in-flight bound included); completed."""
     from dnnscaler.loadgen.generator import LoadGen
 
     # A bounded number in flight: far past capacity, Triton 2.51's Python backend crashed
-    # (SIGSEGV) with hundreds of requests queued; arrivals past the bound count as failures.
+    # (SIGSEGV) with hundreds of requests queued.
     async with LoadGen(
-        url, model, rate_rps=rate, seed=seed, max_duration_s=120, max_in_flight=PROBE_IN_FLIGHT
+        url,
+        model,
+        rate_rps=rate,
+        seed=seed,
+        max_duration_s=120,
+        max_in_flight=probe_in_flight(rate, slo),
     ) as gen:
         await asyncio.sleep(cfg.warm_s)
         w = await gen.run_for(cfg.probe_s)
@@ -1089,7 +1109,13 @@ async def side_by_side(
                 lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
                 ok = lat is not None and lat <= slo.latency_ms and errors == 0
                 log_rows.append(
-                    {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "ok": ok}
+                    {
+                        "config": key,
+                        "rate_rps": round(rate, 1),
+                        "latency_ms": lat,
+                        "errors": errors,
+                        "ok": ok,
+                    }
                 )
                 if ok:
                     caps[key] = max(caps[key], rate)
