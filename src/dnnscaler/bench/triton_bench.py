@@ -181,7 +181,7 @@ async def unit_latency_ms(url: str, model: str, seconds: float = 1.5) -> float:
     if w.latency_p50_ms is None or w.errors:
         raise RuntimeError(
             f"{model}: speed probe failed: {w.completed} completed, {w.errors} errors"
-            f" ({gen.error_report() or 'no error kept'})"
+            f" ({gen.error_report()})"
         )
     return w.latency_p50_ms
 
