@@ -4,14 +4,21 @@ Each test module shares ONE server (module-scoped ``triton_server``): the module
 ``TRITON_DEMO_MODELS`` (demo models to write and load) and optionally
 ``TRITON_EXTRA_MODELS`` (test-only models written by ``write_test_model``) and
 ``TRITON_EXTRA_ARGS`` (more ``tritonserver`` flags).
+
+Triton 2.51 can crash or hang with request tracing on (docs/triton.md). A test that fails
+carries the server's state and log tail in its report; a server that died is started again
+before the module's next test, so one crash is reported once, by the test it hit, and is not
+repeated as "connection refused" by every test after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from server_support import restart, server_state
 
 from dnnscaler.triton.demo_models import write_repository
 from dnnscaler.triton.install import triton_installed
@@ -85,3 +92,29 @@ def triton_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _triton_server_alive(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses the module's server: start it again if it died."""
+    if "triton_server" not in request.fixturenames:
+        return
+    server: LocalTriton = request.getfixturevalue("triton_server")
+    if not server.running():
+        died = restart(server)
+        request.node.user_properties.append(("triton_restarted_before", died))
+        print(f"the module's tritonserver had died; started again. It was: {died}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, Any, None]:
+    """A failed test that used a real Triton carries the server's state and log tail."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("triton_server")
+    if report.failed and isinstance(server, LocalTriton):
+        state = server_state(server)
+        report.sections.append(("tritonserver", state))
+        report.user_properties.append(("tritonserver", state))

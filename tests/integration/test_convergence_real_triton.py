@@ -109,6 +109,9 @@ class Outcome:
     host: dict[str, HostLoad]  # per phase: CPU used outside our processes (Linux)
     slo: Slo  # the SLO this attempt ran under (SLO_UNITS x the box's speed)
     speed_ms: dict[str, float]  # unit latency at the start config: before, after converge, end
+    # Set when the oracle's config failed the ladder's first rungs (0.75 x and 0.79 x its
+    # sweep capacity): the box slowed down by over 1.3 x since the sweep.
+    slowed: str | None = None
 
 
 async def _measure(srv: BenchServer, model: str) -> Outcome:
@@ -169,6 +172,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     # ladder's low rungs (2 reloads and probes each) were a third of the test's time. If
     # the oracle's own config fails there, the box got slower since the sweep (11-30 06:44:
     # b8 n4 swept at 605 rps, then failed 454 rps): the ladder starts again lower.
+    slowed = None
     for frac in (0.75, 0.4):
         ours, theirs, ladder = await side_by_side(
             srv.grpc_url,
@@ -184,15 +188,30 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         )
         if theirs > 0:
             break
+        slowed = (
+            f"the oracle's {best.knobs} swept at {best.capacity_rps:.0f} rps failed"
+            f" {frac:g} x that on the ladder ({_rungs(ladder, 'b')})"
+        )
     await apply_and_wait(srv.setup, model, start)
     lap("ladder")
     speed["end"] = await unit_latency_ms(srv.grpc_url, model)
-    return Outcome(run, best.knobs, ours, theirs, ladder, phases, host, slo, speed)
+    return Outcome(run, best.knobs, ours, theirs, ladder, phases, host, slo, speed, slowed)
+
+
+def _rungs(ladder: list[dict[str, Any]], config: str) -> str:
+    """One config's probes on a ladder: rate, p99 and errors of each."""
+    return ", ".join(
+        f"{r['rate_rps']} rps p99 {r['latency_ms'] or float('nan'):.1f} ms"
+        f"{' ' + str(r['errors']) + ' errors' if r['errors'] else ''}"
+        for r in ladder
+        if r["config"] == config
+    )
 
 
 def _noisy(out: Outcome) -> str | None:
     """Why an attempt measured the host rather than the policy, or None: the box changed
-    speed by more than ``SPEED_DRIFT`` during the attempt, or the rest of the host took
+    speed by more than ``SPEED_DRIFT`` during the attempt, or the oracle's config could no
+    longer carry 0.75 x its swept capacity on the ladder, or the rest of the host took
     more than ``NOISY_CPUS`` in a phase, or more than ``NOISY_WINDOW_CPUS`` in one of the
     policy's windows.
 
@@ -206,6 +225,11 @@ def _noisy(out: Outcome) -> str | None:
     speeds = list(out.speed_ms.values())
     if max(speeds) > SPEED_DRIFT * min(speeds):
         return f"the box changed speed during the attempt: unit latency {_speed_line(out)}"
+    if out.slowed:
+        # The policy ran at 0.6 x the sweep's capacity, which was then >= 0.8 x the box's:
+        # near saturation, not the regime judged (12-05 CI: wide_mlp's b8 n4 swept at 822
+        # rps, failed 616 and 647 on the ladder, passed 590; unit latency had moved 1.15 x).
+        return f"the box slowed down after the sweep: {out.slowed}"
     busy = busy_phases(out.host, NOISY_CPUS)
     if busy:
         return f"host busy outside the test: {busy}"
@@ -241,7 +265,9 @@ def _speed_line(out: Outcome) -> str:
 
 
 @pytest.mark.parametrize("model", MODELS)
-async def test_converges_near_oracle(model: str, margin: Callable[..., None]) -> None:
+async def test_converges_near_oracle(
+    model: str, margin: Callable[..., None], record_property: Callable[[str, object], None]
+) -> None:
     from dnnscaler.triton.demo_models import write_repository
 
     with tempfile.TemporaryDirectory(prefix="dnnscaler-conv-") as tmp:
@@ -269,6 +295,8 @@ async def test_converges_near_oracle(model: str, margin: Callable[..., None]) ->
             if failure is None:
                 break
             print(f"{model}: attempt {attempt}: {failure}")
+            # In the JUnit file whatever the verdict: why an attempt was measured again.
+            record_property(f"attempt_{attempt}_not_judged", failure)
         else:
             pytest.xfail(f"{model}: no attempt could measure the policy: {failure}")
     assert out.run.errors == 0, (

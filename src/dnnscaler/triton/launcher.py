@@ -169,6 +169,12 @@ class LocalTriton:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The server's exit code once it exited by itself (a crash: negative signal);
+        ``None`` while it runs or when not started."""
+        return self._proc.poll() if self._proc is not None else None
+
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> LocalTriton:
         """Start the server and wait until it and the requested models are ready."""

@@ -1,0 +1,49 @@
+"""What a test that used a real Triton says when the server died under it, and how it goes
+on: the server's state and log tail, a fresh start, one more attempt."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from dnnscaler.triton.launcher import LocalTriton
+
+
+def server_state(server: LocalTriton, lines: int = 40) -> str:
+    """Whether the server runs (or how it exited), and its log's last lines."""
+    if server.running():
+        state = f"running (pid {server.pid})"
+    elif server.returncode is not None:
+        state = f"exited with code {server.returncode} (pid {server.pid})"
+    else:
+        state = "not started"
+    where = server.workdir / "tritonserver.log" if server.workdir is not None else "(none)"
+    return f"tritonserver {state}; log {where}, last {lines} lines:\n{server.log_tail(lines)}"
+
+
+def restart(server: LocalTriton) -> str:
+    """Start a server that died again (fresh ports); returns what it was like when it died."""
+    died = server_state(server)
+    server.stop()
+    server.start()
+    return died
+
+
+async def once_more_if_the_server_died(
+    server: LocalTriton, request: pytest.FixtureRequest, body: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``body``; if it fails because the server died under it (the Triton 2.51 tracing
+    crash), say so, start the server again and run it once more. A second failure, or a
+    failure with the server alive, is the test's failure."""
+    try:
+        await body()
+        return
+    except Exception as exc:  # only a dead server makes it a retry
+        if server.running():
+            raise
+        died = restart(server)
+        why = f"{type(exc).__name__}: {exc}"[:2000]
+        request.node.user_properties.append(("triton_crashed_first_attempt", f"{why}\n{died}"))
+        print(f"attempt 1 could not be judged, the server died under it ({why}); {died}")
+    await body()
