@@ -682,3 +682,35 @@ def test_a_retreat_goes_to_the_safe_config_the_plan_ranks_highest() -> None:
     # A config broken at this load is no retreat, whatever the plan says of it.
     got = DnnScalerPolicy._retreat(state, Knobs(8, 3, 0), 375.0, {(16, 2)}, caps)
     assert got is not None and (got.max_batch_size, got.instances) == (16, 1)
+
+
+def test_a_faster_reading_leaves_what_was_measured() -> None:
+    # The same floor of 200 rps at b4 n1 and a ceiling of 300 rps at b8 n2; the next window
+    # reads the device 1.6x faster (batches of 4 take 5 ms, not 8). On real Triton such a
+    # reading came from a mispredicted batch law, and scaling the records up invented
+    # capacity (12-05: a floor of ~1,120 rps became 2,410 and the policy went back to it).
+    # A floor stays a lower bound and a ceiling stands.
+    policy = DnnScalerPolicy()
+    k = Knobs(4, 1, 0)
+    surface = Surface()
+    for t in range(1, 8):
+        window = _window_obs(float(t), k, 200.0, 20.0, 0).window
+        surface = surface.observe(window, 1, float(t), 60.0)
+    records = (
+        ConfigRecord(8, 2, ceiling_rps=300.0, updated_s=7.0),
+        ConfigRecord(4, 1, floor_rps=200.0, updated_s=7.0),
+    )
+    state = replace(
+        policy.initial_state(_window_obs(7.0, k, 200.0, 20.0, 0)),
+        surface=surface,
+        in_force_s=0.0,
+        records=records,
+    )
+    fast = _window_obs(8.0, k, 100.0, 30.0, 0)
+    fast = replace(fast, window=replace(fast.window, batch_stats={4: BatchStat(25, 5.0)}))
+    state = policy.decide(fast, state).state
+    assert state.surface.shift_s == 8.0
+    assert state.surface.shift_ratio == pytest.approx(5.0 / 8.0, rel=0.05)
+    got = {(r.max_batch_size, r.instances): r for r in state.records}
+    assert got[(4, 1)].floor_rps == 200.0
+    assert got[(8, 2)].ceiling_rps == 300.0

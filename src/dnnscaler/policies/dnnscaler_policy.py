@@ -199,9 +199,21 @@ class DnnScalerPolicy:
         )
         if not surface.known:
             return self._hold(replace(state, last_pending=pending), "no compute statistics yet")
-        if surface.shift_s == obs.now_s and surface.shift_s != state.surface.shift_s:
-            # The device's speed changed under the config in force: what was measured at
-            # every config scales with it.
+        if (
+            surface.shift_s == obs.now_s
+            and surface.shift_s != state.surface.shift_s
+            and surface.shift_ratio > 1.0
+        ):
+            # The device got slower under the config in force (a co-located model): what
+            # was measured at every config scales down with it. A reading of "faster" is
+            # not acted on: a floor stays a lower bound and a ceiling stands until a clear
+            # pass above it lifts it, or the records' memory ends. On real Triton such
+            # readings came from a batch law mispredicting a new config, and scaling up
+            # made capacity that was never measured: b16 n1's floor of ~1,120 rps became
+            # 2,410 after b32 n3 read 2.2 x "faster", and the policy went back to it
+            # (12-05 CI run 9, resnet_small, 0.64 x the oracle); b4 n3's ceiling of 483
+            # rps became 667 and it was run again over the SLO (12-05 landing CI,
+            # wide_mlp, 0.68 x).
             state = replace(state, records=rescale_records(state.records, 1 / surface.shift_ratio))
         assert state.in_force_s is not None  # set above; the replace hides it from mypy
         moves = tuple(t for t in state.recent_moves_s if obs.now_s - t < self._memory(obs))
