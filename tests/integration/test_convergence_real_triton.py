@@ -83,6 +83,10 @@ FLOOR = 0.7
 # rungs were 0.87, under the bar, for two near-equal configs (11-30 15:51, resnet_small's
 # b8 n2 and b8 n4 on a quiet host read 0.93); at 5 % two rungs are 0.91.
 LADDER_STEP = 0.05
+# The converge phase: 30 windows, then on until the knobs were held SETTLE_WINDOWS (the
+# policy's dwell is 2-4 windows; a config over the SLO shows in 1-2), at most MAX_WINDOWS.
+SETTLE_WINDOWS = 6
+MAX_WINDOWS = 50
 ATTEMPTS = 2  # a server that crashed or hung, or a noisy host (not a miss): once more
 NOISY_CPUS = 0.2  # CPUs' worth used outside the test in a phase that voids an attempt
 NOISY_WINDOW_CPUS = 0.5  # ... or in one control window of the converge phase
@@ -153,6 +157,9 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         slo,
         rate_rps=0.6 * best.capacity_rps,
         windows=30,
+        # Judged on knobs the policy has held and measured, not on a last-window move.
+        settle_windows=SETTLE_WINDOWS,
+        max_windows=MAX_WINDOWS,
     )
     knobs = run.knobs
     lap("converge")
@@ -309,6 +316,7 @@ async def test_converges_near_oracle(
         f"{model}: converged {out.run.knobs} {out.ours_rps:.1f} rps vs oracle {out.oracle}"
         f" {out.oracle_rps:.1f} rps (ratio {ratio:.2f}, attempt {attempt};"
         f" SLO p99 {out.slo.latency_ms} ms, unit latency {_speed_line(out)};"
+        f" {out.run.windows} windows, {'settled' if out.run.settled else 'NOT settled'};"
         f" seconds {out.phases_s}; host {_host_line(out.host)};"
         f" busiest converge window {out.run.host_peak})"
     )

@@ -964,6 +964,9 @@ class Converged:
     host_peak: HostLoad | None = None
     # The failed client requests: when (seconds since the load started), and why.
     error_log: str = ""
+    # Control windows run, and whether the knobs were held ``settle_windows`` at the end.
+    windows: int = 0
+    settled: bool = True
 
 
 SETTLE_S = 90.0  # how long ``converge`` waits for the controller's last change to land
@@ -994,11 +997,16 @@ async def converge(
     rate_rps: float,
     windows: int,
     window_s: float = 1.0,
+    settle_windows: int = 0,
+    max_windows: int | None = None,
 ) -> Converged:
     """Run ``policy`` through the real controller and agent at a fixed open-loop rate for
     ``windows`` control windows; return the knobs in force at the end, the client errors and
-    the policy's moves. Raises ``ServerStalled`` as soon as the server completes nothing for
-    ``STALL_WINDOWS``."""
+    the policy's moves. With ``settle_windows``, it runs on (up to ``max_windows``) until
+    the knobs have been held that many windows: a move made in the last window is a
+    decision, not yet a converged config (12-05 CI run 11: ``wide_mlp`` moved b4 n2 -> b4 n3
+    in window 30 of 30, and b4 n3 was judged without the policy ever seeing it run).
+    Raises ``ServerStalled`` as soon as the server completes nothing for ``STALL_WINDOWS``."""
     from dnnscaler.agents.backends.triton import TritonBackend
     from dnnscaler.loadgen.generator import LoadGen
 
@@ -1026,7 +1034,11 @@ async def converge(
             idle = 0
             meter = HostMeter()
             peak: HostLoad | None = None
-            for _ in range(windows):
+            last_move = 0
+            limit = max(windows, max_windows or 0)
+            i = 0
+            while i < windows or (i < limit and i - last_move < settle_windows):
+                i += 1
                 await asyncio.sleep(window_s)
                 load = meter.read()
                 if load is not None and (peak is None or load.total_cpus > peak.total_cpus):
@@ -1034,6 +1046,7 @@ async def converge(
                 loop = controller.registry.loops_for(model)
                 if loop and loop[0].knob_changes > changes:
                     changes = loop[0].knob_changes
+                    last_move = i
                     moves.append(f"t={time.monotonic() - t0:.0f} {loop[0].last_reason}")
                 idle = idle + 1 if gen.window().completed == 0 else 0
                 if idle >= STALL_WINDOWS:  # a hung server: say so now, not after the run
@@ -1068,7 +1081,8 @@ async def converge(
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    return Converged(knobs, errors, tuple(moves), plan, peak, error_log)
+    settled = i - last_move >= settle_windows
+    return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled)
 
 
 async def side_by_side(
