@@ -80,12 +80,21 @@ def test_bench_triton_sigterm_stops_its_servers_and_removes_its_files(tmp_path: 
     tmp.mkdir()
     cmd = [sys.executable, "-m", "dnnscaler.cli", "--log-level", "warning", "bench", "triton"]
     cmd += ["--quick", "--models", "serial_io", "--policies", "static-default"]
+    log_path = tmp_path / "bench.log"  # outside TMPDIR: the bench must leave that empty
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [*cmd, "--out", str(tmp_path / "out")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "TMPDIR": str(tmp)},
     )
+
+    def why() -> str:
+        """What a failure needs: the bench's exit, its output's tail, what is left."""
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))[:20]
+        return f"exit {proc.poll()}; left in TMPDIR: {left}; bench output:\n{tail}"
+
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -94,16 +103,17 @@ def test_bench_triton_sigterm_stops_its_servers_and_removes_its_files(tmp_path: 
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("the bench's Triton did not start")
-        assert procs_with(str(tmp)), "a tritonserver should run from the temp folder"
+            pytest.fail(f"the bench's Triton did not start: {why()}")
+        assert procs_with(str(tmp)), f"a tritonserver should run from the temp folder: {why()}"
         time.sleep(2.0)  # into the oracle sweep
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 143
+        assert proc.wait(timeout=60) == 143, why()
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
     deadline = time.monotonic() + 10
     while procs_with(str(tmp)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert procs_with(str(tmp)) == []
-    assert list(tmp.iterdir()) == []
+    assert procs_with(str(tmp)) == [], why()
+    assert list(tmp.iterdir()) == [], why()
