@@ -637,21 +637,28 @@ def test_a_slower_device_is_seen_as_a_shift_and_scales_what_was_measured() -> No
     assert scaled[1].ceiling_rps == pytest.approx(200.0, rel=0.05)
 
 
-def test_the_policy_rescales_its_records_on_a_device_shift() -> None:
-    # The policy measured a floor of 200 rps at b4 n1; in the next window the device is
-    # 1.5x slower (batches of 4 take 12 ms, not 8): the floor becomes ~133 rps.
-    policy = DnnScalerPolicy()
+def _steady_at_b4n1(policy: DnnScalerPolicy, records: tuple[ConfigRecord, ...]) -> DnnScalerState:
+    """Seven steady windows at b4 n1 (200 rps, batches of 4 in 8 ms) learned, with
+    ``records``, the config in force since t=0."""
     k = Knobs(4, 1, 0)
     surface = Surface()
     for t in range(1, 8):
         window = _window_obs(float(t), k, 200.0, 20.0, 0).window
         surface = surface.observe(window, 1, float(t), 60.0)
-    state = replace(
+    return replace(
         policy.initial_state(_window_obs(7.0, k, 200.0, 20.0, 0)),
         surface=surface,
         in_force_s=0.0,
-        records=(ConfigRecord(4, 1, floor_rps=200.0, updated_s=7.0),),
+        records=records,
     )
+
+
+def test_the_policy_rescales_its_records_on_a_device_shift() -> None:
+    # The policy measured a floor of 200 rps at b4 n1; in the next window the device is
+    # 1.5x slower (batches of 4 take 12 ms, not 8): the floor becomes ~133 rps.
+    policy = DnnScalerPolicy()
+    k = Knobs(4, 1, 0)
+    state = _steady_at_b4n1(policy, (ConfigRecord(4, 1, floor_rps=200.0, updated_s=7.0),))
     # (At a lighter load, 100 rps: a window that served 200 rps would set the floor anew.)
     slow = _window_obs(8.0, k, 100.0, 30.0, 0)
     slow = replace(slow, window=replace(slow.window, batch_stats={4: BatchStat(25, 12.0)}))
@@ -692,20 +699,11 @@ def test_a_faster_reading_leaves_what_was_measured() -> None:
     # A floor stays a lower bound and a ceiling stands.
     policy = DnnScalerPolicy()
     k = Knobs(4, 1, 0)
-    surface = Surface()
-    for t in range(1, 8):
-        window = _window_obs(float(t), k, 200.0, 20.0, 0).window
-        surface = surface.observe(window, 1, float(t), 60.0)
     records = (
         ConfigRecord(8, 2, ceiling_rps=300.0, updated_s=7.0),
         ConfigRecord(4, 1, floor_rps=200.0, updated_s=7.0),
     )
-    state = replace(
-        policy.initial_state(_window_obs(7.0, k, 200.0, 20.0, 0)),
-        surface=surface,
-        in_force_s=0.0,
-        records=records,
-    )
+    state = _steady_at_b4n1(policy, records)
     fast = _window_obs(8.0, k, 100.0, 30.0, 0)
     fast = replace(fast, window=replace(fast.window, batch_stats={4: BatchStat(25, 5.0)}))
     state = policy.decide(fast, state).state
