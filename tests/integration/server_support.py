@@ -18,7 +18,7 @@ def server_state(server: LocalTriton, lines: int = 40) -> str:
         state = f"exited with code {server.returncode} (pid {server.pid})"
     else:
         state = "not started"
-    where = server.workdir / "tritonserver.log" if server.workdir is not None else "(none)"
+    where = server.log_path if server.workdir is not None else "(none)"
     return f"tritonserver {state}; log {where}, last {lines} lines:\n{server.log_tail(lines)}"
 
 
