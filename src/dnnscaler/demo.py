@@ -79,6 +79,10 @@ class DemoEnv(Protocol):
         """Per model: its failed requests' times and messages (empty when none failed)."""
         ...
 
+    def upstream_defects(self) -> dict[str, str]:
+        """Per model whose failed requests were all a Triton defect: what it did wrong."""
+        ...
+
 
 # -- environments ----------------------------------------------------------------------
 
@@ -119,6 +123,9 @@ class SimEnv:
         return 0
 
     def failed_request_log(self) -> dict[str, str]:
+        return {}
+
+    def upstream_defects(self) -> dict[str, str]:
         return {}
 
 
@@ -172,6 +179,10 @@ class TritonEnv:
     def failed_request_log(self) -> dict[str, str]:
         return {m: g.error_report() for m, g in self.loadgens.items() if g.errors}
 
+    def upstream_defects(self) -> dict[str, str]:
+        found = {m: g.upstream_defect() for m, g in self.loadgens.items()}
+        return {m: d for m, d in found.items() if d}
+
 
 TRITON_PLANS = [
     # Staircases sized for a 2-core CPU box shared with the load generator (docs/triton.md).
@@ -188,6 +199,8 @@ class DemoResult:
     samples: list[Sample] = field(default_factory=list)
     failed_requests: int = 0
     failed_request_log: dict[str, str] = field(default_factory=dict)
+    # Models whose failed requests were all Triton's own defect (known_defects), and what.
+    upstream_defects: dict[str, str] = field(default_factory=dict)
     knob_changes: dict[str, int] = field(default_factory=dict)
 
 
@@ -282,6 +295,7 @@ async def run_demo(
             result.knob_changes = {m.model: m.knob_changes for m in models.models}
         result.failed_requests = env.failed_requests()
         result.failed_request_log = env.failed_request_log()
+        result.upstream_defects = env.upstream_defects()
     finally:
         agent.stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
@@ -474,6 +488,7 @@ def run(args: argparse.Namespace) -> int:
                 "models": summary,
                 "failed_requests": result.failed_requests,
                 "failed_request_log": result.failed_request_log,
+                "failed_requests_upstream_defects": result.upstream_defects,
                 "samples": [s.__dict__ for s in result.samples],
             },
             indent=1,

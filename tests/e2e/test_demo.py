@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,19 +45,39 @@ def test_demo_sim(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.triton
-@pytest.mark.timeout(400)
-def test_demo_real_triton(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "dnnscaler.cli", "demo", "--out", str(tmp_path), "--step-s", "8"]
+@pytest.mark.timeout(600)
+def test_demo_real_triton(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as p:
-        out, err = p.communicate(timeout=400)
+    for attempt in (1, 2):
+        out_dir = tmp_path / f"attempt{attempt}"
+        cmd = [sys.executable, "-m", "dnnscaler.cli", "demo", "--out", str(out_dir)]
+        with subprocess.Popen(
+            [*cmd, "--step-s", "8"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        ) as p:
+            out, err = p.communicate(timeout=280)
+        _no_leftovers(p.pid)
+        summary = out_dir / "summary.json"
+        doc = json.loads(summary.read_text()) if p.returncode == 0 and summary.exists() else {}
+        failing = set(doc.get("failed_request_log") or {})
+        defects = doc.get("failed_requests_upstream_defects") or {}
+        if not failing or set(defects) != failing:
+            break
+        # Every failed request was Triton's own defect (known_defects), not a failed apply:
+        # kept in the JUnit file and run once more.
+        record_property(f"attempt_{attempt}_not_judged", json.dumps(defects))
+        print(f"attempt {attempt} not judged: {defects}")
     r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    doc = _check(tmp_path, r, {"wide_mlp", "serial_io"})
+    doc = _check(out_dir, r, {"wide_mlp", "serial_io"})
     assert sum(m["knob_changes"] for m in doc["models"]) >= 1
-    # Nothing left behind: no Triton of the demo's, no shared-memory file of its servers
-    # (the launcher names them dnnscaler_<pid of its owner>_...).
+
+
+def _no_leftovers(pid: int) -> None:
+    """No Triton of the demo's left, no shared-memory file of its servers (the launcher
+    names them dnnscaler_<pid of its owner>_...)."""
     leftovers = subprocess.run(["pgrep", "-f", "dnnscaler-demo-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
-    assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{p.pid}_")] == []
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{pid}_")] == []

@@ -30,15 +30,26 @@ def restart(server: LocalTriton) -> str:
     return died
 
 
-async def once_more_if_the_server_died(
+class UpstreamDefect(AssertionError):
+    """Every failed request was Triton's own defect (``dnnscaler.triton.known_defects``)."""
+
+
+async def once_more_if_the_server_failed(
     server: LocalTriton, request: pytest.FixtureRequest, body: Callable[[], Awaitable[None]]
 ) -> None:
     """Run ``body``; if it fails because the server died under it (the Triton 2.51 tracing
-    crash), say so, start the server again and run it once more. A second failure, or a
-    failure with the server alive, is the test's failure."""
+    crash), or raises ``UpstreamDefect``, say so in the report and the JUnit file, start the
+    server again if it died, and run it once more. A second failure, or any other failure
+    with the server alive, is the test's failure."""
     try:
         await body()
         return
+    except UpstreamDefect as exc:
+        why = f"server defect: {exc}"[:2000]
+        request.node.user_properties.append(("attempt_1_not_judged", why))
+        print(f"attempt 1 could not be judged ({why}); {server_state(server)}")
+        if not server.running():
+            restart(server)
     except Exception as exc:  # only a dead server makes it a retry
         if server.running():
             raise

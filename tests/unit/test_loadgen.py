@@ -15,9 +15,12 @@ from dnnscaler.loadgen.stats import summarize
 class FakeClient:
     """Answers after ``delay_s``; fails every ``fail_every``-th request."""
 
-    def __init__(self, delay_s: float = 0.002, fail_every: int = 0) -> None:
+    def __init__(
+        self, delay_s: float = 0.002, fail_every: int = 0, fail_with: str = "boom"
+    ) -> None:
         self.delay_s = delay_s
         self.fail_every = fail_every
+        self.fail_with = fail_with
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -38,7 +41,7 @@ class FakeClient:
         finally:
             self.in_flight -= 1
         if self.fail_every and n % self.fail_every == 0:
-            raise RuntimeError("boom")
+            raise RuntimeError(self.fail_with)
 
 
 def test_summarize() -> None:
@@ -126,3 +129,30 @@ async def test_in_flight_cap_drops_instead_of_queueing() -> None:
         await gen.stop(drain_s=0.0)
     assert fake.max_in_flight <= 5
     assert w.dropped > 0
+
+
+TRITON_DEFECT = (
+    "[StatusCode.INVALID_ARGUMENT] [request id: <id_unknown>] input 'INPUT0' does not exist"
+    " in request"
+)
+
+
+@pytest.mark.parametrize(
+    ("fail_every", "fail_with", "defect"),
+    [
+        (0, "boom", False),  # no failure: nothing to explain
+        (10, "boom", False),  # a failure of another kind
+        (10, TRITON_DEFECT, True),  # Triton denied the input the request carried
+        (10, TRITON_DEFECT.replace("INPUT0", "INPUT9"), False),  # an input it did not send
+    ],
+)
+async def test_upstream_defect_only_when_every_failure_is_one(
+    fail_every: int, fail_with: str, defect: bool
+) -> None:
+    fake = FakeClient(delay_s=0.002, fail_every=fail_every, fail_with=fail_with)
+    async with LoadGen("127.0.0.1:1", "m", concurrency=2, client=fake) as gen:
+        await asyncio.sleep(0.2)
+    found = gen.upstream_defect()
+    assert (found is not None) == defect, (found, gen.error_report())
+    if defect:
+        assert found is not None and "INPUT0" in found and "Triton 2.51" in found

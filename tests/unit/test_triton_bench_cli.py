@@ -339,6 +339,9 @@ def test_a_server_death_too_late_for_the_stall_rule_is_still_the_runs_error() ->
     hung = serving + [w(10.0 + t, 0) for t in range(STALL_WINDOWS)]
     stall = run_error(hung, "tritonserver is no longer running")
     assert stall is not None and stall.startswith("server stalled")  # the first fault found
+    # Failed requests that were all Triton's own defect make the run one to repeat.
+    defect = run_error(serving, None, "Triton 2.51 answered INVALID_ARGUMENT ...")
+    assert defect is not None and defect.startswith("failed requests were a server defect")
 
 
 def test_a_step_whose_tail_is_shed_arrivals_fails_without_a_warning() -> None:

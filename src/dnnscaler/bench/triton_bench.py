@@ -306,6 +306,8 @@ class OnlineRun:
     approach: str
     final_knobs: Knobs
     failed_request_log: str = ""
+    # Set when every failed request was a Triton defect (``known_defects``): a run to repeat.
+    upstream_defect: str | None = None
 
 
 async def run_staircase(
@@ -349,6 +351,7 @@ async def run_staircase(
     steps: list[m.StepResult] = []
     failed = 0
     error_log = ""
+    defect: str | None = None
     try:
         await agent.connected.wait()
         async with LoadGen(
@@ -405,6 +408,7 @@ async def run_staircase(
                     if m.should_stop(st, windows, steps):
                         break
             error_log = gen.error_report() if gen.errors else ""
+            defect = gen.upstream_defect()
         loops = controller.registry.loops_for(model)
         changes = loops[0].knob_changes if loops else 0
     finally:
@@ -424,6 +428,7 @@ async def run_staircase(
         approach=final.approach if final else "undecided",
         final_knobs=final.knobs if final else start_knobs,
         failed_request_log=error_log,
+        upstream_defect=defect,
     )
 
 
@@ -461,18 +466,23 @@ def record_for(
         slo_ms=slo.latency_ms,
         percentile=slo.percentile,
         window_s=cfg.window_s,
-        error=run_error(run.windows, death_note),
+        error=run_error(run.windows, death_note, run.upstream_defect),
         failed_request_log=run.failed_request_log,
     )
 
 
-def run_error(windows: Sequence[WindowRecord], death_note: str | None) -> str | None:
+def run_error(
+    windows: Sequence[WindowRecord], death_note: str | None, upstream_defect: str | None = None
+) -> str | None:
     """Why a finished run measured the server's fault rather than the policy, else None: a
     stall, or the server's death (a crash in a run's last windows is too short for the stall
-    rule, yet its failed requests are the server's: run 6, resnet_small)."""
+    rule, yet its failed requests are the server's: run 6, resnet_small), or failed requests
+    that were all a Triton defect (``known_defects``)."""
     stall = server_stall(windows)
     if stall is None and death_note:
         return f"server died during the run: {death_note}"
+    if stall is None and upstream_defect:
+        return f"failed requests were a server defect: {upstream_defect}"
     return stall
 
 
@@ -967,6 +977,8 @@ class Converged:
     # Control windows run, and whether the knobs were held ``settle_windows`` at the end.
     windows: int = 0
     settled: bool = True
+    # Set when every failed request was a Triton defect (``known_defects``), not a failed apply.
+    upstream_defect: str | None = None
 
 
 SETTLE_S = 90.0  # how long ``converge`` waits for the controller's last change to land
@@ -1056,6 +1068,7 @@ async def converge(
             snap = gen.snapshot()
             errors = snap.errors
             error_log = gen.error_report()
+            defect = gen.upstream_defect()
             if errors:
                 error_log += (
                     f"; offered {rate_rps:.0f} rps, sent {snap.offered_rps:.0f}/s, completed"
@@ -1082,7 +1095,7 @@ async def converge(
         await backend.close()
         await controller.stop()
     settled = i - last_move >= settle_windows
-    return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled)
+    return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled, defect)
 
 
 async def side_by_side(

@@ -25,6 +25,7 @@ import numpy as np
 
 from dnnscaler.core.logging import get_logger
 from dnnscaler.loadgen.stats import LoadWindow, summarize
+from dnnscaler.triton.known_defects import only_upstream_defects
 
 log = get_logger(__name__)
 
@@ -298,6 +299,13 @@ class LoadGen:
         lines = [str(e) for e in self.errors[:limit]]
         more = self._err_total - len(lines)
         return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
+    def upstream_defect(self) -> str | None:
+        """What Triton did wrong when every failed request so far was its own defect
+        (``dnnscaler.triton.known_defects``), else None: no failure, or one of another kind."""
+        return only_upstream_defects(
+            (e.message for e in self.errors), {i.name() for i in self._inputs}, self._err_total
+        )
 
     async def _one(self) -> None:
         t0 = time.perf_counter()
