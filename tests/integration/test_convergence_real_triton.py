@@ -194,6 +194,14 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
             verdict_ratio=FLOOR,
         )
         if theirs > 0:
+            # The oracle's config failing the floor probe, a rate under one it passed on
+            # this ladder, means the box changed during the ladder: not a verdict on ours.
+            shaky = [r for r in ladder if r.get("floor") and r["config"] == "b" and not r["ok"]]
+            if shaky:
+                slowed = (
+                    f"the oracle's {best.knobs} passed {theirs:.0f} rps on the ladder, then"
+                    f" failed the floor probe under it ({_rungs(ladder, 'b')})"
+                )
             break
         slowed = (
             f"the oracle's {best.knobs} swept at {best.capacity_rps:.0f} rps failed"

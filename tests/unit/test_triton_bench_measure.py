@@ -126,6 +126,26 @@ async def test_the_ladder_stops_once_the_verdict_is_known(
     assert whole.applies <= len(whole.probes) // 2 + 2
 
 
+@pytest.mark.parametrize(("ours", "passes"), [(1200.0, True), (1000.0, False)])
+async def test_a_ladder_that_starts_above_ours_probes_ours_at_the_bar(
+    monkeypatch: pytest.MonkeyPatch, ours: float, passes: bool
+) -> None:
+    # 12-06 CI run 17: the ladder began at 0.95 x the oracle's capacity; ours failed its
+    # first two rungs and read 0, though the bar (0.7 x) was never probed.
+    a, b = Knobs(4, 2, 0), Knobs(8, 4, 0)
+    server = FakeServer({(4, 2): ours, (8, 4): 1510.0})
+    server.install(monkeypatch)
+    got_a, got_b, rows = await tb.side_by_side(
+        "url", None, "m", a, b, SLO, start_rps=1429.0, step_frac=0.05, verdict_ratio=0.7
+    )
+    assert got_b == pytest.approx(1500.45)  # 1429 x 1.05, the highest rung b passed
+    floor = [r for r in rows if r.get("floor")]
+    assert sorted(r["config"] for r in floor) == ["a", "b"]
+    assert all(r["rate_rps"] == pytest.approx(0.7 * got_b, rel=1e-4) for r in floor)
+    assert (got_a >= 0.7 * got_b) == passes
+    assert got_a == (pytest.approx(0.7 * got_b, rel=1e-4) if passes else 0.0)
+
+
 async def test_each_rung_probes_both_configs_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = Knobs(4, 2, 0), Knobs(8, 2, 0)
     server = FakeServer({(4, 2): 500.0, (8, 2): 500.0})

@@ -1118,12 +1118,30 @@ async def side_by_side(
     it passed before failing twice in a row.
 
     With ``verdict_ratio``, the ladder stops as soon as whether ``a >= verdict_ratio * b``
-    is decided: the capacity still climbing is then a lower bound."""
+    is decided: the capacity still climbing is then a lower bound. A ladder that starts
+    above ``a``'s capacity cannot decide that by climbing (12-06 CI run 17: b4 n2 failed
+    the first two rungs, 0.95 and 1.0 x b8 n4's 1,501 rps, and read 0, though 0.7 x was
+    never probed): then ``a`` and ``b`` are probed once more at ``verdict_ratio * b``
+    (rows marked ``"floor": True``), and ``a``'s capacity is that rate if it passes."""
     cfg = replace(TritonBenchConfig(), probe_s=probe_s, warm_s=1.0)
     caps = {"a": 0.0, "b": 0.0}
     fails = {"a": 0, "b": 0}
+    # The rate of a's first failure since its last pass: its capacity lies below it.
+    a_failed_at: float | None = None
     log_rows: list[dict[str, Any]] = []
     in_force: Knobs | None = None
+
+    async def probe(key: str, knobs: Knobs, rate: float, seed: int, **mark: bool) -> bool:
+        nonlocal in_force
+        if knobs != in_force:
+            await apply_and_wait(backend, model, knobs)
+            in_force = knobs
+        lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, seed)
+        ok = lat is not None and lat <= slo.latency_ms and errors == 0
+        row = {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "errors": errors}
+        log_rows.append({**row, "ok": ok, **mark})
+        return ok
+
     async with untraced(url):
         for i in range(max_steps):
             rate = start_rps * (1 + step_frac) ** i
@@ -1135,30 +1153,37 @@ async def side_by_side(
             for key, knobs in order:
                 if fails[key] >= 2:
                     continue
-                if knobs != in_force:
-                    await apply_and_wait(backend, model, knobs)
-                    in_force = knobs
-                lat, errors, _ = await _open_loop_probe(url, model, rate, slo, cfg, i)
-                ok = lat is not None and lat <= slo.latency_ms and errors == 0
-                log_rows.append(
-                    {
-                        "config": key,
-                        "rate_rps": round(rate, 1),
-                        "latency_ms": lat,
-                        "errors": errors,
-                        "ok": ok,
-                    }
-                )
+                ok = await probe(key, knobs, rate, i)
                 if ok:
                     caps[key] = max(caps[key], rate)
                     fails[key] = 0
                 else:
                     fails[key] += 1
+                if key == "a":
+                    a_failed_at = None if ok else (a_failed_at or rate)
             if fails["a"] >= 2 and fails["b"] >= 2:
                 break
             if verdict_ratio is not None and (
                 (fails["b"] >= 2 and caps["a"] >= verdict_ratio * caps["b"])
-                or (fails["a"] >= 2 and caps["a"] < verdict_ratio * caps["b"])
+                # a's capacity is under the rate it first failed at, and b's over its own:
+                # decided only once that rate is at or under the bar.
+                or (
+                    fails["a"] >= 2
+                    and a_failed_at is not None
+                    and a_failed_at <= verdict_ratio * caps["b"]
+                )
             ):
                 break
+        # A hair above the bar, so that a pass reads >= verdict_ratio in floating point.
+        floor = verdict_ratio * caps["b"] * (1 + 1e-6) if verdict_ratio is not None else 0.0
+        if (
+            floor > caps["a"]
+            and fails["a"] >= 2
+            and a_failed_at is not None
+            and a_failed_at > floor
+        ):
+            # Undecided: a's capacity lies in [caps a, a_failed_at), across the bar.
+            for key, knobs in (("b", b), ("a", a)) if in_force == b else (("a", a), ("b", b)):
+                if await probe(key, knobs, floor, max_steps, floor=True) and key == "a":
+                    caps["a"] = floor
     return caps["a"], caps["b"], log_rows
