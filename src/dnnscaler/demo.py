@@ -83,6 +83,10 @@ class DemoEnv(Protocol):
         """Per model whose failed requests were all a Triton defect: what it did wrong."""
         ...
 
+    def server_death(self) -> str | None:
+        """How the inference server ended if it died during the run (exit code, log tail)."""
+        ...
+
 
 # -- environments ----------------------------------------------------------------------
 
@@ -127,6 +131,9 @@ class SimEnv:
 
     def upstream_defects(self) -> dict[str, str]:
         return {}
+
+    def server_death(self) -> str | None:
+        return None
 
 
 class TritonEnv:
@@ -183,6 +190,12 @@ class TritonEnv:
         found = {m: g.upstream_defect() for m, g in self.loadgens.items()}
         return {m: d for m, d in found.items() if d}
 
+    def server_death(self) -> str | None:
+        if self.triton is None or self.triton.running():
+            return None
+        tail = " | ".join(self.triton.log_tail(15).splitlines())
+        return f"tritonserver exited with code {self.triton.returncode}; log tail: {tail}"
+
 
 TRITON_PLANS = [
     # Staircases sized for a 2-core CPU box shared with the load generator (docs/triton.md).
@@ -201,6 +214,8 @@ class DemoResult:
     failed_request_log: dict[str, str] = field(default_factory=dict)
     # Models whose failed requests were all Triton's own defect (known_defects), and what.
     upstream_defects: dict[str, str] = field(default_factory=dict)
+    # Set when the inference server died during the run: its exit code and log tail.
+    server_death: str | None = None
     knob_changes: dict[str, int] = field(default_factory=dict)
 
 
@@ -296,6 +311,7 @@ async def run_demo(
         result.failed_requests = env.failed_requests()
         result.failed_request_log = env.failed_request_log()
         result.upstream_defects = env.upstream_defects()
+        result.server_death = env.server_death()
     finally:
         agent.stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
@@ -489,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
                 "failed_requests": result.failed_requests,
                 "failed_request_log": result.failed_request_log,
                 "failed_requests_upstream_defects": result.upstream_defects,
+                "server_death": result.server_death,
                 "samples": [s.__dict__ for s in result.samples],
             },
             indent=1,
@@ -497,4 +514,10 @@ def run(args: argparse.Namespace) -> int:
     plot(result, plans, out / "demo.png")
     files = f"{out / 'summary.json'} and {out / 'demo.png'}"
     console.print(f"wrote {files}; failed requests: {result.failed_requests}")
+    if result.server_death:
+        # Triton 2.51 can crash under load with tracing on (docs/triton.md): say so, and fail.
+        console.print(
+            f"the inference server died: {result.server_death}", style="red", markup=False
+        )
+        return 1
     return 0

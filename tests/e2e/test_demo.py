@@ -61,15 +61,21 @@ def test_demo_real_triton(tmp_path: Path, record_property: Callable[[str, object
             out, err = p.communicate(timeout=280)
         _no_leftovers(p.pid)
         summary = out_dir / "summary.json"
-        doc = json.loads(summary.read_text()) if p.returncode == 0 and summary.exists() else {}
+        doc = json.loads(summary.read_text()) if summary.exists() else {}
         failing = set(doc.get("failed_request_log") or {})
         defects = doc.get("failed_requests_upstream_defects") or {}
-        if not failing or set(defects) != failing:
+        if doc.get("server_death"):
+            # Triton died under the demo (docs/triton.md): its exit code and log tail are
+            # kept in the JUnit file, and the demo runs once more on a fresh server.
+            why = f"the inference server died: {doc['server_death']}"
+        elif failing and set(defects) == failing:
+            # Every failed request was Triton's own defect (known_defects), not a failed
+            # apply: kept in the JUnit file and run once more.
+            why = f"server defect: {json.dumps(defects)}"
+        else:
             break
-        # Every failed request was Triton's own defect (known_defects), not a failed apply:
-        # kept in the JUnit file and run once more.
-        record_property(f"attempt_{attempt}_not_judged", json.dumps(defects))
-        print(f"attempt {attempt} not judged: {defects}")
+        record_property(f"attempt_{attempt}_not_judged", why[:3000])
+        print(f"attempt {attempt} not judged: {why}")
     r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     doc = _check(out_dir, r, {"wide_mlp", "serial_io"})
     assert sum(m["knob_changes"] for m in doc["models"]) >= 1
