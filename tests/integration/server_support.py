@@ -1,8 +1,9 @@
-"""What a test that used a real Triton says when the server died under it, and how it goes
-on: the server's state and log tail, a fresh start, one more attempt."""
+"""What a test that used a real Triton says when the server died or hung under it, and how
+it goes on: the server's state and log tail, a fresh start, one more attempt."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -37,8 +38,9 @@ class UpstreamDefect(AssertionError):
 async def once_more_if_the_server_failed(
     server: LocalTriton, request: pytest.FixtureRequest, body: Callable[[], Awaitable[None]]
 ) -> None:
-    """Run ``body``; if it fails because the server died under it (the Triton 2.51 tracing
-    crash), or raises ``UpstreamDefect``, say so in the report and the JUnit file, start the
+    """Run ``body``; if it fails because the server died or hung under it (the Triton 2.51
+    tracing crash and hang: a process that runs but does not answer its liveness check),
+    or raises ``UpstreamDefect``, say so in the report and the JUnit file, start the
     server again if it died, and run it once more. A second failure, or any other failure
     with the server alive, is the test's failure."""
     try:
@@ -50,11 +52,14 @@ async def once_more_if_the_server_failed(
         print(f"attempt 1 could not be judged ({why}); {server_state(server)}")
         if not server.running():
             restart(server)
-    except Exception as exc:  # only a dead server makes it a retry
-        if server.running():
+    except Exception as exc:  # only a dead or hung server makes it a retry
+        if await asyncio.to_thread(server.answers):
             raise
+        hung = server.running()
         died = restart(server)
         why = f"{type(exc).__name__}: {exc}"[:2000]
-        request.node.user_properties.append(("triton_crashed_first_attempt", f"{why}\n{died}"))
-        print(f"attempt 1 could not be judged, the server died under it ({why}); {died}")
+        what = "triton_hung_first_attempt" if hung else "triton_crashed_first_attempt"
+        request.node.user_properties.append((what, f"{why}\n{died}"))
+        how = "hung (running, its liveness check unanswered for 10 s)" if hung else "died"
+        print(f"attempt 1 could not be judged, the server {how} under it ({why}); {died}")
     await body()

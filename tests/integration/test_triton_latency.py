@@ -43,11 +43,13 @@ import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from server_support import once_more_if_the_server_failed
 
 from dnnscaler.agents.backends.triton import TritonBackend
 from dnnscaler.core.logging import get_logger
@@ -78,16 +80,15 @@ MIN_SAMPLES = 300  # fewer traced requests than this: the host could not offer t
 log = get_logger(__name__)
 
 
-@pytest.fixture
-async def backend(
-    triton_server: LocalTriton, request: pytest.FixtureRequest
-) -> AsyncIterator[TritonBackend]:
-    budget = getattr(request, "param", 250.0)
+@asynccontextmanager
+async def tracing_backend(server: LocalTriton, budget_rps: float) -> AsyncIterator[TritonBackend]:
+    """The agent's backend on ``server``, keeping its trace files (the test reads the same
+    traces: link 1)."""
     b = TritonBackend(
-        triton_server.grpc_url,
-        triton_server.metrics_url,
-        trace_budget_rps=budget,
-        keep_trace_files=True,  # the test reads the same traces (link 1)
+        server.grpc_url,
+        server.metrics_url,
+        trace_budget_rps=budget_rps,
+        keep_trace_files=True,
     )
     await b.start()
     try:
@@ -267,17 +268,36 @@ async def _measure(
 
 
 @pytest.mark.parametrize(
-    ("model", "knobs", "rate_rps", "backend"),
+    ("model", "knobs", "rate_rps", "budget_rps"),
     [
         ("serial_io", Knobs(max_batch_size=1, instances=4), 150.0, 250.0),  # instance-heavy
         ("wide_mlp", Knobs(max_batch_size=16, instances=1), 120.0, 250.0),  # batching-heavy
         # Sampled: a budget of 150 traced requests a second at 300 rps traces 1 in 2 or 3.
         ("wide_mlp", Knobs(max_batch_size=16, instances=1), 300.0, 150.0),
     ],
-    indirect=["backend"],
     ids=["serial_io", "wide_mlp", "wide_mlp-sampled"],
 )
 async def test_agent_p99_matches_server_p99(
+    triton_server: LocalTriton,
+    model: str,
+    knobs: Knobs,
+    rate_rps: float,
+    budget_rps: float,
+    margin: Callable[..., None],
+    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
+) -> None:
+    # Measured again, once, on a fresh server if this one crashes or hangs under it (Triton
+    # 2.51 with tracing on, docs/triton.md; landing CI of db51790: the repository index
+    # unanswered for 30 s in wide_mlp-sampled), recorded with the server's log.
+    async def body() -> None:
+        async with tracing_backend(triton_server, budget_rps) as backend:
+            await _agree(backend, triton_server, model, knobs, rate_rps, margin, record_property)
+
+    await once_more_if_the_server_failed(triton_server, request, body)
+
+
+async def _agree(
     backend: TritonBackend,
     triton_server: LocalTriton,
     model: str,

@@ -712,3 +712,46 @@ def test_a_faster_reading_leaves_what_was_measured() -> None:
     got = {(r.max_batch_size, r.instances): r for r in state.records}
     assert got[(4, 1)].floor_rps == 200.0
     assert got[(8, 2)].ceiling_rps == 300.0
+
+
+def _run21_plan() -> list[PlanEntry]:
+    """The last plan of 12-06 CI run 21 (wide_mlp on real Triton, 2-core CPU), top part."""
+    return [
+        PlanEntry(4, 3, 616.0),
+        PlanEntry(8, 3, 610.0),
+        PlanEntry(8, 2, 608.0),
+        PlanEntry(4, 2, 599.0),
+        PlanEntry(16, 2, 595.0),
+        PlanEntry(16, 1, 343.0),
+    ]
+
+
+def test_an_exploration_on_cores_the_model_cannot_tell_ends_at_fewer_instances() -> None:
+    # Run 21 held b4 n3 (explored from b4 n2; 616 rps predicted) against b8 n2 (608): on
+    # the ladder b4 n3 carried 0.68 x b8 n2. On a CPU the contention prior is not the
+    # device's: within min_gain, the config with fewer instances (the best of them) wins.
+    policy = DnnScalerPolicy()
+    records = (ConfigRecord(16, 1, ceiling_rps=358.0), ConfigRecord(4, 2, floor_rps=364.0))
+    here = PlanEntry(4, 3, 616.0)
+    got = policy._planned_move(_run21_plan(), here, records, exploring=True, cores_device=True)
+    assert got == PlanEntry(8, 2, 608.0)
+    # Not once the config in force is proven (it was run before it was chosen) ...
+    held = policy._planned_move(_run21_plan(), here, records, exploring=False, cores_device=True)
+    assert held is None
+    # ... nor on a GPU, where the rule cost violations on bench sim.
+    gpu = policy._planned_move(_run21_plan(), here, records, exploring=True, cores_device=False)
+    assert gpu is None
+    # Fewer instances predicted clearly worse: no move.
+    worse = [PlanEntry(4, 3, 616.0), PlanEntry(8, 2, 560.0)]
+    assert policy._planned_move(worse, here, records, exploring=True, cores_device=True) is None
+
+
+def test_a_planned_move_needs_its_gain_and_more_for_a_config_never_run() -> None:
+    policy = DnnScalerPolicy()
+    here = PlanEntry(8, 2, 600.0)
+    tried = (ConfigRecord(16, 2, floor_rps=400.0),)
+    up = [here, PlanEntry(16, 2, 630.0)]  # +5 %: enough for a config run before
+    assert policy._planned_move(up, here, tried, exploring=False, cores_device=True) == up[1]
+    untried = [here, PlanEntry(4, 3, 630.0)]  # +5 %, never run: not enough (15 %)
+    assert policy._planned_move(untried, here, tried, exploring=False, cores_device=True) is None
+    assert policy._planned_move([], here, tried, exploring=True, cores_device=True) is None

@@ -169,6 +169,11 @@ class LocalTriton:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def answers(self, timeout_s: float = 10.0) -> bool:
+        """Whether the server runs and answers its liveness check within ``timeout_s``: a
+        process that runs but answers nothing is hung (the Triton 2.51 tracing hang)."""
+        return self.running() and _http_ok(f"{self.http_url}/v2/health/live", timeout_s)
+
     @property
     def returncode(self) -> int | None:
         """The server's exit code once it exited by itself (a crash: negative signal);
