@@ -191,10 +191,7 @@ class TritonEnv:
         return {m: d for m, d in found.items() if d}
 
     def server_death(self) -> str | None:
-        if self.triton is None or self.triton.running():
-            return None
-        tail = " | ".join(self.triton.log_tail(15).splitlines())
-        return f"tritonserver exited with code {self.triton.returncode}; log tail: {tail}"
+        return self.triton.death_note(15) if self.triton is not None else None
 
 
 TRITON_PLANS = [

@@ -19,6 +19,7 @@ from dnnscaler.bench import triton_bench as tb
 from dnnscaler.bench.cli import register
 from dnnscaler.bench.report import markdown_tables
 from dnnscaler.core.types import KnobLimits, Knobs
+from dnnscaler.triton.launcher import describe_death
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -278,14 +279,15 @@ def test_cmd_triton_writes_partial_reports_and_marks_failures(
 
 
 class FakeTriton:
+    """Fake ``LocalTriton`` (no server): running, or exited on SIGSEGV."""
+
     def __init__(self, running: bool) -> None:
         self._running = running
 
-    def running(self) -> bool:
-        return self._running
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "I1 loaded\nSignal (11) received.\n\n"
+    def death_note(self, lines: int = 3) -> str | None:
+        return (
+            None if self._running else describe_death(-11, "I1 loaded\nSignal (11) received.\n\n")
+        )
 
 
 def test_error_descriptions() -> None:
@@ -293,7 +295,10 @@ def test_error_descriptions() -> None:
     assert alive.death_note() is None
     dead = tb.BenchServer("u", None, FakeSetup(), FakeTriton(running=False))
     note = dead.death_note()
-    assert note is not None and "no longer running" in note and "Signal (11)" in note
+    assert note == (
+        "tritonserver is no longer running (exit code -11; log tail: I1 loaded | Signal (11)"
+        " received.)"
+    )
     exc = RuntimeError("first line\nsecond line")
     exc.add_note(note)
     text = tb.describe_error(exc)

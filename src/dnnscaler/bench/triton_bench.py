@@ -576,12 +576,8 @@ class BenchServer:
     triton: Any = None  # the LocalTriton, to tell whether it died
 
     def death_note(self) -> str | None:
-        """A line on the server's death (with its log's tail), or None while it runs."""
-        t = self.triton
-        if t is None or t.running():
-            return None
-        tail = " | ".join(x.strip() for x in t.log_tail(3).splitlines() if x.strip())
-        return "tritonserver is no longer running" + (f" (log tail: {tail})" if tail else "")
+        """A line on the server's death (exit code, log tail), or None while it runs."""
+        return self.triton.death_note(3) if self.triton is not None else None
 
 
 @contextlib.asynccontextmanager

@@ -403,18 +403,18 @@ class DnnScalerPolicy:
             if state.exploring
             else {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
         )
-        best = self._planned_move(
+        chosen = self._planned_move(
             [p for p in state.plan if _key(p) not in left],
             PlanEntry(target.max_batch_size, target.instances, cur_cap),
             state.records,
             exploring=state.exploring,
             cores_device=obs.window.device_busy_share is not None,
         )
-        if best is not None:
+        if chosen is not None:
             recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
             gone = (target.max_batch_size, target.instances, obs.now_s)
             state = replace(state, left=(*recent[-5:], gone))
-            return self._move(state, obs, best, n_fit, f"{why_tail}: ")
+            return self._move(state, obs, chosen, n_fit, f"{why_tail}: ")
         return self._hold(state, f"holding, predicted capacity {cur_cap:.0f} rps ({why_tail})")
 
     # ------------------------------------------------------------------------------------

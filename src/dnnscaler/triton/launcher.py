@@ -64,6 +64,13 @@ def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def describe_death(returncode: int | None, log_tail: str) -> str:
+    """One line on a server that is no longer running: its exit code and log tail."""
+    tail = " | ".join(x.strip() for x in log_tail.splitlines() if x.strip())
+    code = f"exit code {returncode}" if returncode is not None else "exit code unknown"
+    return f"tritonserver is no longer running ({code}; log tail: {tail or '(empty)'})"
+
+
 def die_with_parent_prefix() -> list[str]:
     """A command prefix that gives the server SIGTERM when the thread that spawned it exits.
 
@@ -168,6 +175,13 @@ class LocalTriton:
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def death_note(self, lines: int = 3) -> str | None:
+        """A line on how the server ended, with its log's last ``lines`` lines; None while
+        it runs (or before it was started)."""
+        if self._proc is None or self.running():
+            return None
+        return describe_death(self.returncode, self.log_tail(lines))
 
     def answers(self, timeout_s: float = 10.0) -> bool:
         """Whether the server runs and answers its liveness check within ``timeout_s``: a
