@@ -22,6 +22,7 @@ from dnnscaler.bench.triton_bench import (
     Converged,
     ServerStalled,
     TritonBenchConfig,
+    UpstreamDefectError,
     apply_and_wait,
     converge,
     oracle_sweep,
@@ -296,8 +297,10 @@ async def test_converges_near_oracle(
                     out = await _measure(srv, model)
                 except Exception as exc:
                     failure = await _server_failure(srv)
-                    if failure is None and isinstance(exc, ServerStalled):
-                        failure = str(exc)  # hung in its model instances, frontend alive
+                    if failure is None and isinstance(exc, ServerStalled | UpstreamDefectError):
+                        # Hung in its model instances (frontend alive), or Triton's own
+                        # failed-request defect in a probe: the server's, measured again.
+                        failure = str(exc)
                     if failure is None:
                         raise
                 else:

@@ -178,6 +178,9 @@ async def unit_latency_ms(url: str, model: str, seconds: float = 1.5) -> float:
     async with LoadGen(url, model, concurrency=1, max_duration_s=60) as gen:
         await asyncio.sleep(0.3)
         w = await gen.run_for(seconds)
+    defect = gen.upstream_defect() if w.errors else None
+    if defect:
+        raise UpstreamDefectError(f"{model}: speed probe hit Triton's own defect: {defect}")
     if w.latency_p50_ms is None or w.errors:
         raise RuntimeError(
             f"{model}: speed probe failed: {w.completed} completed, {w.errors} errors"
@@ -487,6 +490,12 @@ def run_error(
 
 
 STALL_WINDOWS = 5
+
+
+class UpstreamDefectError(RuntimeError):
+    """Every failed request of a probe was Triton's own defect (``known_defects``): the
+    server, not the config or the client, failed it (fresh-clone run 26: INVALID_ARGUMENT
+    in the speed probe, one request at a time, no reload under way)."""
 
 
 class ServerStalled(RuntimeError):
