@@ -368,3 +368,35 @@ def test_a_step_whose_tail_is_shed_arrivals_fails_without_a_warning() -> None:
         warnings.simplefilter("error")
         (step,) = m.step_results(st, ws, lats, 99.0)
     assert not step.passed and step.latency_ms == float("inf")
+
+
+class _DefectProbe:
+    """Fake ``LoadGen`` (no server): one request of 467 failed by Triton's own defect."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    async def __aenter__(self) -> _DefectProbe:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def run_for(self, seconds: float) -> Any:
+        return argparse.Namespace(latency_p50_ms=2.7, errors=1, completed=466)
+
+    def upstream_defect(self) -> str | None:
+        return "Triton 2.51 answered INVALID_ARGUMENT for an input the request carried"
+
+    def error_report(self) -> str:
+        return "t=1.16s: INVALID_ARGUMENT input 'INPUT0' does not exist in request"
+
+
+async def test_a_speed_probe_failed_by_tritons_defect_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dnnscaler.loadgen.generator as generator
+
+    monkeypatch.setattr(generator, "LoadGen", _DefectProbe)
+    with pytest.raises(tb.UpstreamDefectError, match=r"Triton's own defect: Triton 2\.51"):
+        await tb.unit_latency_ms("u", "wide_mlp")
