@@ -453,15 +453,15 @@ class DnnScalerPolicy:
         best = max(candidates, key=lambda p: p.capacity_rps, default=here)
         tried = any(_key(r) == _key(best) for r in records)
         gain = self.min_gain if tried else UNTRIED_GAIN
-        if best.capacity_rps < cur_cap * (1.0 + gain) and exploring and cores_device:
+        if best.capacity_rps >= cur_cap * (1.0 + gain):
+            return best if _key(best) != _key(here) else None
+        if exploring and cores_device:
             frugal = _frugal(candidates, best, self.min_gain)
             if (
                 frugal.instances < here.instances
                 and frugal.capacity_rps >= (1.0 - self.min_gain) * cur_cap
             ):
                 return frugal
-        if best.capacity_rps >= cur_cap * (1.0 + gain) and _key(best) != _key(here):
-            return best
         return None
 
     @staticmethod
