@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from dnnscaler.controller.admin_checks import SHOWN_CHARS, check_name
 from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, Registry
@@ -61,10 +62,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "the first message on the stream must be a hello",
             )
         hello = first.hello
-        if not hello.agent_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: must not be empty"
-            )
+        try:
+            check_name("hello.agent_id", hello.agent_id)
+        except InvalidValue as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e.field}: {e.message}")
         record = self._register(hello)
         session = record.session
         bound = log.bind(agent=record.agent_id, gpu=record.gpu_index)
@@ -140,17 +141,21 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             try:
                 self._upsert_model(rec, ms, old.models.get(ms.name) if old else None)
             except InvalidValue as e:
-                log.warning("bad_model_state", agent=rec.agent_id, model=ms.name, error=str(e))
+                log.warning(
+                    "bad_model_state", agent=rec.agent_id, model=ms.name[:SHOWN_CHARS], error=str(e)
+                )
         self.registry.agents[rec.agent_id] = rec
         return rec
 
     def _upsert_model(
         self, rec: AgentRecord, ms: agent_pb2.ModelState, previous: ModelLoop | None
     ) -> ModelLoop:
+        check_name("model", ms.name)  # the model's name becomes a key, a label and a log field
         knobs = knobs_from_pb(ms.knobs)
         limits = limits_from_pb(ms.limits)
         mem = ms.instance_memory_mb if ms.HasField("instance_memory_mb") else None
         loop = rec.models.get(ms.name) or previous
+        first_seen = loop is None
         if loop is None:
             settings = self.registry.settings_for(ms.name)
             loop = ModelLoop(
@@ -164,6 +169,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         rec.models[ms.name] = loop
         loop.on_state(knobs, limits, int(ms.generation), mem, ms.available, ms.message)
+        if first_seen:  # first time since this controller started: carry on from the store
+            self.registry.resume_loop(loop)
         return loop
 
     def _on_report(self, rec: AgentRecord, report: agent_pb2.Report) -> None:
@@ -180,12 +187,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 loop = self._upsert_model(rec, mr.state, None)
                 window = window_from_pb(mr.window)
             except InvalidValue as e:
-                log.warning("bad_model_report", agent=rec.agent_id, model=name, error=str(e))
+                log.warning(
+                    "bad_model_report", agent=rec.agent_id, model=name[:SHOWN_CHARS], error=str(e)
+                )
                 continue
             settings = self.registry.settings_for(name)
+            in_force = loop.knobs
             update = loop.decide(t0, window, settings.slo, rec.telemetry, self.registry.config)
+            self.registry.persist_loop(loop)
             self._export(rec.agent_id, loop, window, settings.slo.percentile)
             if update is not None:
+                self.registry.record_decision(loop, in_force, update.knobs, "policy")
                 log.info(
                     "knob_update",
                     agent=rec.agent_id,

@@ -24,6 +24,8 @@ class ControllerConfig:
     # Prometheus metrics on this port (0: off), bound to metrics_addr.
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"
+    # The state database (controller.store); ":memory:" keeps no state across restarts.
+    state_path: str = ":memory:"
 
     def __post_init__(self) -> None:
         for name in ("report_interval_s", "stale_after_s", "apply_timeout_s"):
@@ -37,6 +39,8 @@ class ControllerConfig:
         if self.grace_s < 0:
             raise InvalidValue("grace_s", "must be >= 0")
         Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)
+        if not self.state_path:
+            raise InvalidValue("state_path", "must not be empty (':memory:' keeps no state)")
         if ":" not in self.listen:
             raise InvalidValue("listen", f"expected HOST:PORT, got {self.listen!r}")
         from dnnscaler.policies.registry import POLICY_NAMES

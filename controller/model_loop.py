@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.store import StoredLoop
 from dnnscaler.core.logging import get_logger
+from dnnscaler.core.state_codec import from_data, to_data
 from dnnscaler.core.types import (
     Approach,
     InvalidValue,
@@ -24,7 +26,7 @@ from dnnscaler.core.types import (
 )
 from dnnscaler.core.types import GpuTelemetry as Telemetry
 from dnnscaler.policies.base import Policy
-from dnnscaler.policies.registry import make_policy
+from dnnscaler.policies.registry import STATE_TYPES, make_policy
 
 log = get_logger(__name__)
 
@@ -64,6 +66,44 @@ class ModelLoop:
         """The policy's state after its last decision (None before the first): read-only
         diagnostics (benchmarks print the plan a run ended on)."""
         return self._state
+
+    def snapshot(self) -> StoredLoop:
+        """What a restarted controller resumes this loop from (``resume``)."""
+        return StoredLoop(
+            agent_id=self.agent_id,
+            model=self.model,
+            policy=self.policy_name,
+            state=None if self._state is None else to_data(self._state),
+            knobs=self.knobs,
+            pending_knobs=self.pending.knobs if self.pending is not None else None,
+            generation=self.generation,
+        )
+
+    def resume(self, stored: StoredLoop) -> str:
+        """Carry on from ``stored`` (this loop as a controller before a restart left it),
+        given the knobs the agent reports in force (``self.knobs``): returns what was done.
+
+        The policy's state is taken only if it belongs to the same policy and the agent's
+        knobs are the ones it left in force or had just sent. Otherwise the agent's knobs
+        win: the policy starts afresh from them, and the caller records why.
+        """
+        self.generation = max(self.generation, stored.generation)
+        if stored.state is None:
+            return "no policy state stored"
+        if stored.policy != self.policy_name:
+            return f"stored state is policy {stored.policy!r}'s, now {self.policy_name!r}"
+        if self.knobs not in (stored.knobs, stored.pending_knobs):
+            return (
+                f"the agent's knobs in force {self.knobs} differ from the stored"
+                f" {stored.knobs}: the agent's win, the policy starts from them"
+            )
+        try:
+            state: Any = from_data(STATE_TYPES[stored.policy], stored.state)
+        except (InvalidValue, KeyError, TypeError) as e:
+            return f"stored policy state unreadable: {e}"
+        self._policy = make_policy(self.policy_name, **self.policy_params)
+        self._state = state
+        return "resumed"
 
     def set_policy(self, name: str, params: dict[str, Any] | None = None) -> None:
         """Switch policy; the new one starts from the knobs in force at the next report."""

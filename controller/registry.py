@@ -1,19 +1,26 @@
-"""In-memory registry of agents, their GPUs and models, and fleet-wide model settings.
+"""Registry of agents, their GPUs and models, and fleet-wide model settings.
 
 Everything the admin API shows lives here. Model-level settings (SLO, policy) are keyed by
-model name and apply to every agent serving that model. The registry is the seam where
-SQLite persistence will slot in (see docs/architecture.md).
+model name and apply to every agent serving that model. What must survive a restart goes
+through to the state store (``controller.store``) before memory changes: settings (an
+admin call answers once they are durable), each loop's policy state, and the decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.model_loop import ModelLoop
-from dnnscaler.core.types import GpuTelemetry, Slo
+from dnnscaler.controller.store import DecisionRecord, StateStore, StoredSettings, StoreError
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import GpuTelemetry, Knobs, Slo
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -46,10 +53,67 @@ class ModelSettings:
 
 
 class Registry:
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(self, config: ControllerConfig, store: StateStore | None = None) -> None:
         self.config = config
+        self.store = store if store is not None else StateStore(config.state_path)
         self.agents: dict[str, AgentRecord] = {}
-        self.settings: dict[str, ModelSettings] = {}
+        self.settings: dict[str, ModelSettings] = {
+            model: ModelSettings(s.slo, s.policy, s.policy_params)
+            for model, s in self.store.load_settings().items()
+        }
+        if self.settings:
+            log.info("settings_restored", models=sorted(self.settings), path=self.store.path)
+
+    def put_settings(self, model: str, settings: ModelSettings) -> None:
+        """Store ``model``'s settings durably, then put them in force; raises
+        ``StoreError`` (and changes nothing) when the store cannot take them."""
+        stored = StoredSettings(settings.slo, settings.policy, dict(settings.policy_params))
+        try:
+            self.store.save_settings(model, stored)
+        except sqlite3.Error as e:
+            raise StoreError(f"state database {self.store.path}: {e}") from e
+        self.settings[model] = settings
+
+    def persist_loop(self, loop: ModelLoop) -> None:
+        """The loop's state after a decision; a store failure is logged, control goes on."""
+        try:
+            self.store.save_loop(loop.snapshot())
+        except (sqlite3.Error, TypeError, ValueError) as e:
+            log.error("loop_state_not_saved", agent=loop.agent_id, model=loop.model, error=str(e))
+
+    def record_decision(
+        self, loop: ModelLoop, old: Knobs, new: Knobs, cause: str, reason: str = ""
+    ) -> None:
+        try:
+            self.store.add_decision(
+                DecisionRecord(
+                    t=time.time(),
+                    model=loop.model,
+                    agent_id=loop.agent_id,
+                    old_knobs=old,
+                    new_knobs=new,
+                    approach=loop.approach.value,
+                    reason=reason or loop.last_reason,
+                    cause=cause,
+                )
+            )
+        except sqlite3.Error as e:
+            log.error("decision_not_saved", agent=loop.agent_id, model=loop.model, error=str(e))
+
+    def resume_loop(self, loop: ModelLoop) -> None:
+        """A loop seen for the first time since this controller started: carry on from what
+        the store holds for it, if anything (``ModelLoop.resume``)."""
+        try:
+            stored = self.store.load_loop(loop.agent_id, loop.model)
+        except (sqlite3.Error, ValueError) as e:
+            log.error("loop_state_unreadable", agent=loop.agent_id, model=loop.model, error=str(e))
+            return
+        if stored is None:
+            return
+        outcome = loop.resume(stored)
+        log.info("loop_resume", agent=loop.agent_id, model=loop.model, outcome=outcome)
+        if outcome != "resumed":
+            self.record_decision(loop, stored.knobs, loop.knobs, "controller restart", outcome)
 
     def settings_for(self, model: str) -> ModelSettings:
         """The model's settings, or the defaults if none were set. A read stores nothing:

@@ -124,6 +124,55 @@ async def test_set_policy_validates_and_static_pins_knobs(served, admin) -> None
     await wait_for(pinned, timeout_s=20)
 
 
+async def test_out_of_range_values_and_huge_names_are_refused_naming_the_field(
+    served, admin
+) -> None:
+    """#15's bad input: an SLO of 1e308 or 1e-6 ms, static knobs with no instances (was
+    UNKNOWN: "Unexpected InvalidValue"), and a 100 kB name, whose refusal must not echo it."""
+    bad_slos = [
+        (common_pb2.Slo(percentile=99, latency_ms=1e308), "slo.latency_ms"),
+        (common_pb2.Slo(percentile=99, latency_ms=1e-6), "slo.latency_ms"),
+        (common_pb2.Slo(percentile=99, latency_ms=float("nan")), "slo.latency_ms"),
+        (common_pb2.Slo(percentile=10, latency_ms=50), "slo.percentile"),
+        (common_pb2.Slo(percentile=99.9999, latency_ms=50), "slo.percentile"),
+    ]
+    for slo, field in bad_slos:
+        code, details = await _code(
+            admin.SetSlo(admin_pb2.SetSloRequest(model="inception", slo=slo))
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+    for knobs, field in [
+        (common_pb2.Knobs(max_batch_size=8, instances=0), "knobs.instances"),
+        (common_pb2.Knobs(max_batch_size=0, instances=2), "knobs.max_batch_size"),
+        (common_pb2.Knobs(max_batch_size=8, instances=2, queue_delay_us=2**32 - 1), "knobs.queue"),
+    ]:
+        code, details = await _code(
+            admin.SetPolicy(
+                admin_pb2.SetPolicyRequest(model="inception", policy="static", knobs=knobs)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+    huge = "m" * 100_000
+    calls = [
+        admin.SetSlo(
+            admin_pb2.SetSloRequest(model=huge, slo=common_pb2.Slo(percentile=99, latency_ms=5))
+        ),
+        admin.SetPolicy(admin_pb2.SetPolicyRequest(model=huge, policy="aimd")),
+        admin.GetModel(admin_pb2.GetModelRequest(model=huge)),
+        admin.GetModel(admin_pb2.GetModelRequest(model="inception", agent_id=huge)),
+        admin.ListModels(admin_pb2.ListModelsRequest(model=huge)),
+        admin.SetPolicy(admin_pb2.SetPolicyRequest(model="inception", policy=huge)),
+        admin.GetModel(admin_pb2.GetModelRequest(model="in\x00ception")),
+    ]
+    for call in calls:
+        code, details = await _code(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details[:200])
+        assert len(details) < 300, details[:300]
+        assert "100000 characters" in details or "printable" in details, details
+    m = await admin.GetModel(admin_pb2.GetModelRequest(model="inception"))
+    assert (m.policy, m.slo.percentile, m.slo.latency_ms) == ("aimd", 99.0, 100.0)  # all kept
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dnnscaler.cli", *args],

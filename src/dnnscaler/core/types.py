@@ -95,6 +95,13 @@ SLO_LATENCY = (
 )
 
 
+# What an SLO may say: from 10 us (under any real server's own overhead) to an hour, and
+# from the median to the p99.999 (a tail of one request in 100,000, which a window can still
+# hold). Outside these an objective is a typo, not a target (#15: 1e308 ms was accepted).
+SLO_LATENCY_MS_RANGE = (0.01, 3_600_000.0)
+SLO_PERCENTILE_RANGE = (50.0, 99.999)
+
+
 @dataclass(frozen=True)
 class Slo:
     """A latency objective: the ``percentile``-th percentile of the *server-side* request
@@ -104,10 +111,16 @@ class Slo:
     percentile: float = 99.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.latency_ms) and self.latency_ms > 0):
-            raise InvalidValue("latency_ms", f"must be > 0, got {self.latency_ms}")
-        if not (math.isfinite(self.percentile) and 0 < self.percentile < 100):
-            raise InvalidValue("percentile", f"must be in (0, 100), got {self.percentile}")
+        lo, hi = SLO_LATENCY_MS_RANGE
+        if not (math.isfinite(self.latency_ms) and lo <= self.latency_ms <= hi):
+            raise InvalidValue(
+                "latency_ms", f"must be in [{lo:g}, {hi:g}] ms, got {self.latency_ms:g}"
+            )
+        lo, hi = SLO_PERCENTILE_RANGE
+        if not (math.isfinite(self.percentile) and lo <= self.percentile <= hi):
+            raise InvalidValue(
+                "percentile", f"must be in [{lo:g}, {hi:g}], got {self.percentile:g}"
+            )
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dnnscaler.core.types import Knobs
-from dnnscaler.policies.aimd import AimdPolicy
+from dnnscaler.policies.aimd import AimdPolicy, AimdState
 from dnnscaler.policies.base import Policy
-from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy
-from dnnscaler.policies.paper import PaperPolicy
-from dnnscaler.policies.static import StaticPolicy
+from dnnscaler.policies.dnnscaler_policy import DnnScalerPolicy, DnnScalerState
+from dnnscaler.policies.paper import PaperPolicy, PaperState
+from dnnscaler.policies.static import StaticPolicy, StaticState
 
 POLICY_NAMES: tuple[str, ...] = ("dnnscaler", "paper", "aimd", "static")
 DEFAULT_POLICY = "dnnscaler"
@@ -28,6 +28,15 @@ _FACTORIES: dict[str, Callable[..., Any]] = {
     "paper": PaperPolicy,
     "aimd": AimdPolicy,
     "static": _static,
+}
+
+
+# Each policy's state class: what a stored state decodes into (``core.state_codec``).
+STATE_TYPES: dict[str, type] = {
+    "dnnscaler": DnnScalerState,
+    "paper": PaperState,
+    "aimd": AimdState,
+    "static": StaticState,
 }
 
 

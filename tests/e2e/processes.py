@@ -1,0 +1,99 @@
+"""The controller and sim agents as real processes (``python -m dnnscaler.cli``), each
+logging to a file whose tail goes into every failure message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """One ``dnnscaler`` process; ``log`` collects its output."""
+
+    def __init__(self, logs: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dnnscaler.cli", "--log-level", "info", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} (exit {self.proc.poll()}) log tail ---\n" + "\n".join(
+            text.splitlines()[-lines:]
+        )
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def controller(logs: Path, address: str, *args: str, name: str = "controller") -> Daemon:
+    return Daemon(logs, name, "controller", "--listen", address, *args)
+
+
+def sim_agent(logs: Path, address: str, agent_id: str, *models: str) -> Daemon:
+    """An agent with a simulated GPU (the only fake) serving ``NAME=PROFILE@RPS`` models."""
+    sims = [arg for m in models for arg in ("--sim-model", m)]
+    return Daemon(
+        logs,
+        agent_id,
+        "agent",
+        "--controller",
+        address,
+        "--agent-id",
+        agent_id,
+        "--backend",
+        "sim",
+        *sims,
+    )
+
+
+def wait_for_models(
+    stub: admin_pb2_grpc.AdminServiceStub, want: set[str], daemons: list[Daemon], timeout_s: float
+) -> list[admin_pb2.ModelStatus]:
+    """Poll ListModels until ``want`` are all listed; fail with every daemon's log tail."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            models = list(stub.ListModels(admin_pb2.ListModelsRequest(), timeout=2).models)
+            if want <= {m.model for m in models}:
+                return models
+        except grpc.RpcError:
+            pass
+        dead = [d for d in daemons if not d.alive()]
+        tails = "\n".join(d.tail() for d in daemons)
+        assert not dead, f"{[d.name for d in dead]} exited:\n{tails}"
+        assert time.monotonic() < deadline, f"{sorted(want)} not listed in {timeout_s} s:\n{tails}"
+        time.sleep(0.2)
