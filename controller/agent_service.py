@@ -193,7 +193,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 continue
             settings = self.registry.settings_for(name)
             in_force = loop.knobs
-            update = loop.decide(t0, window, settings.slo, rec.telemetry, self.registry.config)
+            update = loop.decide(
+                t0,
+                window,
+                settings.slo,
+                rec.telemetry,
+                self.registry.config,
+                hold=self.registry.hold_for(rec.agent_id, name),
+            )
             self.registry.persist_loop(loop)
             self._export(rec.agent_id, loop, window, settings.slo.percentile)
             if update is not None:

@@ -146,9 +146,17 @@ class ModelLoop:
             log.warning("apply_failed", agent=self.agent_id, model=self.model, error=error)
 
     def decide(
-        self, now_s: float, window: WindowStats, slo: Slo, gpu: Telemetry, config: ControllerConfig
+        self,
+        now_s: float,
+        window: WindowStats,
+        slo: Slo,
+        gpu: Telemetry,
+        config: ControllerConfig,
+        hold: str = "",
     ) -> PendingUpdate | None:
-        """Run the policy on this window; return an update to send, if the knobs change."""
+        """Run the policy on this window; return an update to send, if the knobs change.
+        ``hold`` (why an operator stopped knob changes): the window is recorded, the policy
+        is not asked, and it takes up from its state when the hold ends."""
         self.last_window = window
         if self.pending is not None:
             if now_s - self.pending.sent_at_s < config.apply_timeout_s:
@@ -156,7 +164,7 @@ class ModelLoop:
             log.warning("apply_timeout", agent=self.agent_id, model=self.model)
             self.last_error = f"update generation {self.pending.generation} not confirmed"
             self.pending = None
-        if not self.available:
+        if not self.available or hold:
             return None
         if self._policy is None:
             self.set_policy(self.policy_name, self.policy_params)

@@ -16,7 +16,13 @@ from typing import Any
 
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.model_loop import ModelLoop
-from dnnscaler.controller.store import DecisionRecord, StateStore, StoredSettings, StoreError
+from dnnscaler.controller.store import (
+    AgentFlags,
+    DecisionRecord,
+    StateStore,
+    StoredSettings,
+    StoreError,
+)
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, Knobs, Slo
 
@@ -50,6 +56,7 @@ class ModelSettings:
     slo: Slo
     policy: str
     policy_params: dict[str, Any] = field(default_factory=dict)
+    paused: bool = False
 
 
 class Registry:
@@ -58,21 +65,51 @@ class Registry:
         self.store = store if store is not None else StateStore(config.state_path)
         self.agents: dict[str, AgentRecord] = {}
         self.settings: dict[str, ModelSettings] = {
-            model: ModelSettings(s.slo, s.policy, s.policy_params)
+            model: ModelSettings(s.slo, s.policy, s.policy_params, s.paused)
             for model, s in self.store.load_settings().items()
         }
-        if self.settings:
-            log.info("settings_restored", models=sorted(self.settings), path=self.store.path)
+        self.agent_flags: dict[str, AgentFlags] = self.store.load_agent_flags()
+        if self.settings or self.agent_flags:
+            log.info(
+                "settings_restored",
+                models=sorted(self.settings),
+                agents_held=sorted(self.agent_flags),
+                path=self.store.path,
+            )
 
     def put_settings(self, model: str, settings: ModelSettings) -> None:
         """Store ``model``'s settings durably, then put them in force; raises
         ``StoreError`` (and changes nothing) when the store cannot take them."""
-        stored = StoredSettings(settings.slo, settings.policy, dict(settings.policy_params))
+        stored = StoredSettings(
+            settings.slo, settings.policy, dict(settings.policy_params), settings.paused
+        )
         try:
             self.store.save_settings(model, stored)
         except sqlite3.Error as e:
             raise StoreError(f"state database {self.store.path}: {e}") from e
         self.settings[model] = settings
+
+    def put_agent_flags(self, agent_id: str, flags: AgentFlags) -> None:
+        """As ``put_settings``, for an agent's pause and drain flags."""
+        try:
+            self.store.save_agent_flags(agent_id, flags)
+        except sqlite3.Error as e:
+            raise StoreError(f"state database {self.store.path}: {e}") from e
+        if flags == AgentFlags():
+            self.agent_flags.pop(agent_id, None)
+        else:
+            self.agent_flags[agent_id] = flags
+
+    def hold_for(self, agent_id: str, model: str) -> str:
+        """Why this loop's knobs must not change now ("" if the policy is in control)."""
+        flags = self.agent_flags.get(agent_id, AgentFlags())
+        if flags.draining:
+            return "agent draining"
+        if flags.paused:
+            return "agent paused"
+        if self.settings_for(model).paused:
+            return "model paused"
+        return ""
 
     def persist_loop(self, loop: ModelLoop) -> None:
         """The loop's state after a decision; a store failure is logged, control goes on."""

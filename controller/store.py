@@ -63,6 +63,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             cause TEXT NOT NULL)""",
         "CREATE INDEX decisions_by_model ON decisions (model, t)",
     ),
+    # 2 -> 3: knob changes stopped by an operator, per model and per agent.
+    (
+        "ALTER TABLE model_settings ADD COLUMN paused INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE agent_flags (
+            agent_id TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL,
+            draining INTEGER NOT NULL,
+            updated_at REAL NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -76,6 +85,15 @@ class StoredSettings:
     slo: Slo
     policy: str
     policy_params: dict[str, Any]
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class AgentFlags:
+    """An operator stopped knob changes on this agent: paused, or draining for maintenance."""
+
+    paused: bool = False
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +205,8 @@ class StateStore:
         """Durable before it returns (an admin call answers after this)."""
         with self._write(durable=True):
             self._db.execute(
-                "INSERT OR REPLACE INTO model_settings VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO model_settings (model, slo_latency_ms, slo_percentile,"
+                " policy, policy_params, updated_at, paused) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     model,
                     s.slo.latency_ms,
@@ -195,6 +214,7 @@ class StateStore:
                     s.policy,
                     encode_params(s.policy_params),
                     time.time(),
+                    int(s.paused),
                 ),
             )
 
@@ -206,19 +226,35 @@ class StateStore:
         """Every model's settings; a row that no longer validates is an error naming it."""
         out: dict[str, StoredSettings] = {}
         rows = self._db.execute(
-            "SELECT model, slo_latency_ms, slo_percentile, policy, policy_params"
+            "SELECT model, slo_latency_ms, slo_percentile, policy, policy_params, paused"
             " FROM model_settings ORDER BY model"
         )
-        for model, latency_ms, percentile, policy, params in rows:
+        for model, latency_ms, percentile, policy, params, paused in rows:
             try:
                 out[model] = StoredSettings(
                     Slo(latency_ms=latency_ms, percentile=percentile),
                     policy,
                     decode_params(params),
+                    bool(paused),
                 )
             except (InvalidValue, ValueError) as e:
                 raise StoreError(f"state database {self.path}: model {model!r}: {e}") from e
         return out
+
+    def save_agent_flags(self, agent_id: str, flags: AgentFlags) -> None:
+        """Durable before it returns; an agent with no flag set has no row."""
+        with self._write(durable=True):
+            if flags == AgentFlags():
+                self._db.execute("DELETE FROM agent_flags WHERE agent_id = ?", (agent_id,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO agent_flags VALUES (?, ?, ?, ?)",
+                    (agent_id, int(flags.paused), int(flags.draining), time.time()),
+                )
+
+    def load_agent_flags(self) -> dict[str, AgentFlags]:
+        rows = self._db.execute("SELECT agent_id, paused, draining FROM agent_flags")
+        return {a: AgentFlags(bool(p), bool(d)) for a, p, d in rows}
 
     # -- control loops -----------------------------------------------------------------
     def save_loop(self, loop: StoredLoop) -> None:

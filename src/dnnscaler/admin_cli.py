@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -69,6 +72,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=int)
     p.add_argument("--queue-delay-us", type=int, default=0)
     p.set_defaults(func=lambda a: _run(a, _set_policy))
+
+    p = sub.add_parser("clear-slo", help="put a model back on the controller's default SLO")
+    common(p)
+    p.add_argument("model")
+    p.set_defaults(func=lambda a: _run(a, _clear_slo))
+
+    for verb, what in (("pause", "stop"), ("resume", "restart")):
+        p = sub.add_parser(
+            verb,
+            help=f"{what} changing the knobs of a model (every agent's) or of an agent's"
+            " models; serving goes on",
+        )
+        common(p)
+        target = p.add_mutually_exclusive_group(required=True)
+        target.add_argument("model", nargs="?", default="")
+        target.add_argument("--agent", default="")
+        p.set_defaults(func=lambda a, verb=verb: _run(a, _pause if verb == "pause" else _resume))
+
+    p = sub.add_parser("drain", help="stop changing knobs on an agent for maintenance")
+    common(p)
+    p.add_argument("agent")
+    p.set_defaults(func=lambda a: _run(a, _drain))
+
+    p = sub.add_parser("reprofile", help="forget what the policy learned about a model")
+    common(p)
+    p.add_argument("model")
+    p.set_defaults(func=lambda a: _run(a, _reprofile))
+
+    p = sub.add_parser("history", help="a model's knob decisions, oldest first")
+    common(p)
+    p.add_argument("model")
+    p.add_argument("--since", type=since_arg, help="an age (30s, 10m, 2h, 1d) or an ISO 8601 time")
+    p.add_argument("--limit", type=int, default=50, help="the newest this many (max 10000)")
+    p.set_defaults(func=lambda a: _run(a, _history))
+
+
+def since_arg(text: str) -> float:
+    """Unix seconds from an age (``30s``, ``10m``, ``2h``, ``1d``) or an ISO 8601 time."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    if text and text[-1] in units:
+        try:
+            age = float(text[:-1]) * units[text[-1]]
+        except ValueError:
+            age = -1.0
+        if age >= 0 and math.isfinite(age):
+            return time.time() - age
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an age like 10m or an ISO 8601 time, got {text[:40]!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # a time without a zone is local time
+    return when.timestamp()
 
 
 def _run(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Awaitable[Any]]) -> int:
@@ -137,6 +195,35 @@ async def _set_policy(stub: Any, a: argparse.Namespace) -> Any:
     return await stub.SetPolicy(req, timeout=a.timeout_s)
 
 
+async def _clear_slo(stub: Any, a: argparse.Namespace) -> Any:
+    return await stub.ClearSlo(admin_pb2.ClearSloRequest(model=a.model), timeout=a.timeout_s)
+
+
+async def _pause(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.PauseRequest(model=a.model, agent_id=a.agent)
+    return await stub.Pause(req, timeout=a.timeout_s)
+
+
+async def _resume(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.PauseRequest(model=a.model, agent_id=a.agent)
+    return await stub.Resume(req, timeout=a.timeout_s)
+
+
+async def _drain(stub: Any, a: argparse.Namespace) -> Any:
+    return await stub.Drain(admin_pb2.DrainRequest(agent_id=a.agent), timeout=a.timeout_s)
+
+
+async def _reprofile(stub: Any, a: argparse.Namespace) -> Any:
+    return await stub.Reprofile(admin_pb2.ReprofileRequest(model=a.model), timeout=a.timeout_s)
+
+
+async def _history(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.HistoryRequest(model=a.model, limit=max(0, a.limit))
+    if a.since is not None:
+        req.since = a.since
+    return await stub.History(req, timeout=a.timeout_s)
+
+
 class _Status:
     """Both listings, printable as tables or as one JSON document."""
 
@@ -195,8 +282,66 @@ def model_rows(models: list[admin_pb2.ModelStatus]) -> Table:
             str(m.generation),
             str(m.knob_changes),
             " ".join(
-                x for x in (pend, m.last_error if not m.available or m.last_error else "") if x
+                x
+                for x in (
+                    f"held: {m.hold}" if m.hold else "",
+                    pend,
+                    m.last_error if not m.available or m.last_error else "",
+                )
+                if x
             ),
+        )
+    return t
+
+
+def agent_rows(agents: list[admin_pb2.AgentStatus]) -> Table:
+    t = Table(title="agents")
+    for col in (
+        "agent",
+        "node",
+        "gpu",
+        "backend",
+        "connected",
+        "backend ok",
+        "last report s",
+        "util %",
+        "mem MB",
+        "models",
+        "knobs",
+    ):
+        t.add_column(col)
+    for a in agents:
+        tel = a.telemetry
+        t.add_row(
+            a.agent_id,
+            a.node,
+            f"{a.gpu.index} {a.gpu.name}".strip(),
+            a.backend_kind,
+            "yes" if a.connected else "no",
+            "yes" if a.backend_available else f"no: {a.backend_message}",
+            f"{a.last_report_age_s:.1f}",
+            _fmt(tel.utilization_pct if tel.HasField("utilization_pct") else None),
+            _fmt(tel.memory_used_mb if tel.HasField("memory_used_mb") else None),
+            ",".join(a.models),
+            "draining" if a.draining else "paused" if a.paused else "policy",
+        )
+    return t
+
+
+def history_rows(decisions: list[admin_pb2.DecisionEntry]) -> Table:
+    t = Table(title="decisions")
+    for col in ("time", "agent", "model", "knobs", "approach", "cause", "reason"):
+        t.add_column(col)
+    for d in decisions:
+        old, new = d.old_knobs, d.new_knobs
+        t.add_row(
+            datetime.fromtimestamp(d.time).isoformat(timespec="seconds"),
+            d.agent_id,
+            d.model,
+            f"b{old.max_batch_size}/n{old.instances} → b{new.max_batch_size}/n{new.instances}",
+            d.approach,
+            d.cause,
+            d.reason,
         )
     return t
 
@@ -206,36 +351,14 @@ def _print(result: Any) -> None:
     if not console.is_terminal:
         console = Console(width=200)  # pipes and logs: do not squeeze the tables to 80 columns
     if isinstance(result, _Status):
-        t = Table(title="agents")
-        for col in (
-            "agent",
-            "node",
-            "gpu",
-            "backend",
-            "connected",
-            "backend ok",
-            "last report s",
-            "util %",
-            "mem MB",
-            "models",
-        ):
-            t.add_column(col)
-        for a in result.agents.agents:
-            tel = a.telemetry
-            t.add_row(
-                a.agent_id,
-                a.node,
-                f"{a.gpu.index} {a.gpu.name}".strip(),
-                a.backend_kind,
-                "yes" if a.connected else "no",
-                "yes" if a.backend_available else f"no: {a.backend_message}",
-                f"{a.last_report_age_s:.1f}",
-                _fmt(tel.utilization_pct if tel.HasField("utilization_pct") else None),
-                _fmt(tel.memory_used_mb if tel.HasField("memory_used_mb") else None),
-                ",".join(a.models),
-            )
-        console.print(t)
+        console.print(agent_rows(list(result.agents.agents)))
         console.print(model_rows(list(result.models.models)))
+    elif isinstance(result, admin_pb2.PauseResponse):
+        if result.agents:
+            console.print(agent_rows(list(result.agents)))
+        console.print(model_rows(list(result.models)))
+    elif isinstance(result, admin_pb2.HistoryResponse):
+        console.print(history_rows(list(result.decisions)))
     elif isinstance(
         result,
         (admin_pb2.ListModelsResponse, admin_pb2.SetSloResponse, admin_pb2.SetPolicyResponse),

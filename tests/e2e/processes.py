@@ -16,6 +16,17 @@ import grpc
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``dnnscaler ARGS`` as a user runs it: exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "dnnscaler.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from dnnscaler.v1 import admin_pb2, common_pb2
 
 from .conftest import wait_for
+from .processes import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,14 +171,7 @@ async def test_out_of_range_values_and_huge_names_are_refused_naming_the_field(
     assert (m.policy, m.slo.percentile, m.slo.latency_ms) == ("aimd", 99.0, 100.0)  # all kept
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dnnscaler.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+_cli = run_cli
 
 
 async def test_cli_verbs_and_exit_codes(served) -> None:

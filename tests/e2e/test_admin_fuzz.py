@@ -81,9 +81,26 @@ knobs = st.builds(common_pb2.Knobs, max_batch_size=uint32, instances=uint32, que
 policies = st.one_of(st.sampled_from(POLICY_NAMES), st.text(max_size=20))
 
 
+KINDS = [
+    "SetSlo",
+    "SetPolicy",
+    "GetModel",
+    "ListModels",
+    "ListAgents",
+    "ClearSlo",
+    "Pause",
+    "Resume",
+    "Drain",
+    "Reprofile",
+    "History",
+]
+agent_ids = st.one_of(st.just(AGENT), st.just(""), names)
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, Any]:
-    kind = draw(st.sampled_from(["SetSlo", "SetPolicy", "GetModel", "ListModels", "ListAgents"]))
+    kind = draw(st.sampled_from(KINDS))
+    req: Any
     if kind == "SetSlo":
         req = admin_pb2.SetSloRequest(model=draw(names))
         if draw(st.booleans()):
@@ -93,13 +110,25 @@ def requests(draw: st.DrawFn) -> tuple[str, Any]:
         if draw(st.booleans()):
             req.knobs.CopyFrom(draw(knobs))
     elif kind == "GetModel":
-        req = admin_pb2.GetModelRequest(
-            model=draw(names), agent_id=draw(st.one_of(st.just(AGENT), names))
-        )
+        req = admin_pb2.GetModelRequest(model=draw(names), agent_id=draw(agent_ids))
     elif kind == "ListModels":
         req = admin_pb2.ListModelsRequest(model=draw(st.one_of(st.just(""), names)))
-    else:
+    elif kind == "ListAgents":
         req = admin_pb2.ListAgentsRequest()
+    elif kind == "ClearSlo":
+        req = admin_pb2.ClearSloRequest(model=draw(names))
+    elif kind in ("Pause", "Resume"):
+        req = admin_pb2.PauseRequest(
+            model=draw(st.one_of(st.just(""), names)), agent_id=draw(agent_ids)
+        )
+    elif kind == "Drain":
+        req = admin_pb2.DrainRequest(agent_id=draw(agent_ids))
+    elif kind == "Reprofile":
+        req = admin_pb2.ReprofileRequest(model=draw(names))
+    else:
+        req = admin_pb2.HistoryRequest(model=draw(names), limit=draw(uint32))
+        if draw(st.booleans()):
+            req.since = draw(floats)
     return kind, req
 
 

@@ -1,5 +1,6 @@
 """``kill -9`` of the controller, then a restart on the same state database: what operators
-set is still in force, and each model's control carries on where it was (#15).
+set (an SLO, a pinned config, a pause) is still in force, and each model's control carries
+on where it was (#15).
 
 Real processes: the controller (twice) and a sim agent (its GPU is simulated: the only
 fake), the CLI for the admin calls, and the SQLite file read back at the end.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
-from .processes import Daemon, controller, free_port, sim_agent, wait_for_models
+from .processes import Daemon, controller, free_port, run_cli, sim_agent, wait_for_models
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,12 +29,7 @@ POLL_S = 0.5
 
 
 def _cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dnnscaler.cli", *args, "--controller", address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(*args, "--controller", address)
 
 
 def _models(stub: admin_pb2_grpc.AdminServiceStub) -> dict[str, admin_pb2.ModelStatus]:
@@ -115,6 +110,8 @@ def test_kill9_and_restart_keep_settings_and_resume_each_loop(tmp_path: Path) ->
             address, "set-policy", PINNED, "static", "--max-batch-size", "4", "--instances", "2"
         )
         assert r.returncode == 0, r.stderr
+        r = _cli(address, "pause", PINNED)
+        assert r.returncode == 0, r.stderr
         before = _settle(stub, [first, agent])
         assert _knobs(before[PINNED]) == (4, 2)
         measured = _records(db, TUNED)
@@ -127,6 +124,7 @@ def test_kill9_and_restart_keep_settings_and_resume_each_loop(tmp_path: Path) ->
         # What operators set is in force.
         assert (after[TUNED].slo.latency_ms, after[TUNED].slo.percentile) == (500, 95), tails
         assert after[PINNED].policy == "static" and _knobs(after[PINNED]) == (4, 2), tails
+        assert (after[TUNED].hold, after[PINNED].hold) == ("", "model paused"), tails
         # Each loop carried on from its stored state, and the restart changed no knob.
         held = _settle(stub, [second, agent])
         moves = [

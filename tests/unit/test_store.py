@@ -14,6 +14,7 @@ from dnnscaler.controller.registry import ModelSettings, Registry
 from dnnscaler.controller.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    AgentFlags,
     DecisionRecord,
     StateStore,
     StoredLoop,
@@ -58,22 +59,59 @@ def test_loop_state_round_trips(tmp_path: Path) -> None:
     assert s.load_loop("a0", "other") is None
 
 
-def test_a_database_of_the_previous_version_is_upgraded_and_keeps_its_rows(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "old.db"
+KNOBS_1 = '{"instances": 1, "max_batch_size": 1, "queue_delay_us": 0}'
+KNOBS_4 = '{"instances": 1, "max_batch_size": 4, "queue_delay_us": 0}'
+
+
+def _old_database(path: Path, version: int) -> None:
+    """A database as dnnscaler with schema ``version`` left it, with a model's settings."""
     db = sqlite3.connect(path)
-    for sql in MIGRATIONS[0]:  # version 1: settings and loops, no history yet
-        db.execute(sql)
-    db.execute("INSERT INTO model_settings VALUES ('mnet', 33.0, 95.0, 'dnnscaler', '{}', 0.0)")
-    db.execute("PRAGMA user_version = 1")
+    for statements in MIGRATIONS[:version]:
+        for sql in statements:
+            db.execute(sql)
+    db.execute(
+        "INSERT INTO model_settings (model, slo_latency_ms, slo_percentile, policy,"
+        " policy_params, updated_at) VALUES ('mnet', 33.0, 95.0, 'dnnscaler', '{}', 0.0)"
+    )
+    if version >= 2:
+        db.execute(
+            "INSERT INTO decisions (t, model, agent_id, old_knobs, new_knobs, approach, reason,"
+            " cause) VALUES (5.0, 'mnet', 'a0', ?, ?, 'batching', 'why', 'policy')",
+            (KNOBS_1, KNOBS_4),
+        )
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_database_of_an_earlier_version_is_upgraded_and_keeps_its_rows(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "old.db"
+    _old_database(path, version)
     s = StateStore(path)
-    assert s.schema_version == SCHEMA_VERSION == 2
-    assert s.load_settings()["mnet"].slo == Slo(33.0, 95.0)
-    s.add_decision(_decision(1.0))
-    assert [d.new_knobs for d in s.history("m")] == [Knobs(2, 1)]
+    assert s.schema_version == SCHEMA_VERSION == 3
+    got = s.load_settings()["mnet"]
+    assert got.slo == Slo(33.0, 95.0) and not got.paused  # a column added since: its default
+    if version >= 2:
+        assert [d.new_knobs for d in s.history("mnet")] == [Knobs(4, 1)]
+    s.add_decision(_decision(6.0, model="mnet"))
+    s.save_agent_flags("a0", AgentFlags(draining=True))
+    assert s.load_agent_flags() == {"a0": AgentFlags(draining=True)}
+
+
+def test_pause_and_agent_flags_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    s = StateStore(path)
+    s.save_settings("m", StoredSettings(Slo(33.0, 95.0), "aimd", {}, paused=True))
+    s.save_agent_flags("a0", AgentFlags(paused=True))
+    s.save_agent_flags("a1", AgentFlags(paused=True, draining=True))
+    s.save_agent_flags("a1", AgentFlags())  # resumed: no row left
+    s.close()
+    again = StateStore(path)
+    assert again.load_settings()["m"].paused
+    assert again.load_agent_flags() == {"a0": AgentFlags(paused=True)}
 
 
 def test_a_newer_schema_is_refused_not_touched(tmp_path: Path) -> None:
@@ -82,7 +120,7 @@ def test_a_newer_schema_is_refused_not_touched(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="schema version 3"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         StateStore(path)
 
 
@@ -90,7 +128,10 @@ def test_a_row_that_no_longer_validates_is_an_error_naming_the_model(tmp_path: P
     path = tmp_path / "state.db"
     StateStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("INSERT INTO model_settings VALUES ('bad', 1e308, 99.0, 'aimd', '{}', 0.0)")
+    db.execute(
+        "INSERT INTO model_settings (model, slo_latency_ms, slo_percentile, policy,"
+        " policy_params, updated_at) VALUES ('bad', 1e308, 99.0, 'aimd', '{}', 0.0)"
+    )
     db.commit()
     db.close()
     with pytest.raises(StoreError, match=r"'bad'.*latency_ms"):

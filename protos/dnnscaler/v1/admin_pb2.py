@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dnnscaler.v1 import common_pb2 as dnnscaler_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nnscaler/v1/admin.proto\x12\x0c\x64nnscaler.v1\x1a\x19\x64nnscaler/v1/common.proto\"\x13\n\x11ListAgentsRequest\"\x99\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\"\n\x03gpu\x18\x03 \x01(\x0b\x32\x15.dnnscaler.v1.GpuInfo\x12\x14\n\x0c\x62\x61\x63kend_kind\x18\x04 \x01(\t\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x19\n\x11\x62\x61\x63kend_available\x18\x06 \x01(\x08\x12\x17\n\x0f\x62\x61\x63kend_message\x18\x07 \x01(\t\x12\x19\n\x11last_report_age_s\x18\x08 \x01(\x01\x12-\n\ttelemetry\x18\t \x01(\x0b\x32\x1a.dnnscaler.v1.GpuTelemetry\x12\x0e\n\x06models\x18\n \x03(\t\x12\x0f\n\x07reports\x18\x0b \x01(\x04\"?\n\x12ListAgentsResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.AgentStatus\"\"\n\x11ListModelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x97\x03\n\x0bModelStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x03slo\x18\x03 \x01(\x0b\x32\x11.dnnscaler.v1.Slo\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x10\n\x08\x61pproach\x18\x05 \x01(\t\x12\"\n\x05knobs\x18\x06 \x01(\x0b\x32\x13.dnnscaler.v1.Knobs\x12(\n\x06limits\x18\x07 \x01(\x0b\x32\x18.dnnscaler.v1.KnobLimits\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12.\n\x0blast_window\x18\t \x01(\x0b\x32\x19.dnnscaler.v1.WindowStats\x12\x11\n\tavailable\x18\n \x01(\x08\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x14\n\x0cknob_changes\x18\x0c \x01(\x04\x12/\n\rpending_knobs\x18\r \x01(\x0b\x32\x13.dnnscaler.v1.KnobsH\x00\x88\x01\x01\x12\x13\n\x0blast_reason\x18\x0e \x01(\tB\x10\n\x0e_pending_knobs\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\"2\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\">\n\rSetSloRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1e\n\x03slo\x18\x02 \x01(\x0b\x32\x11.dnnscaler.v1.Slo\";\n\x0eSetSloResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\"d\n\x10SetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\'\n\x05knobs\x18\x03 \x01(\x0b\x32\x13.dnnscaler.v1.KnobsH\x00\x88\x01\x01\x42\x08\n\x06_knobs\">\n\x11SetPolicyResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus2\x89\x03\n\x0c\x41\x64minService\x12O\n\nListAgents\x12\x1f.dnnscaler.v1.ListAgentsRequest\x1a .dnnscaler.v1.ListAgentsResponse\x12O\n\nListModels\x12\x1f.dnnscaler.v1.ListModelsRequest\x1a .dnnscaler.v1.ListModelsResponse\x12\x44\n\x08GetModel\x12\x1d.dnnscaler.v1.GetModelRequest\x1a\x19.dnnscaler.v1.ModelStatus\x12\x43\n\x06SetSlo\x12\x1b.dnnscaler.v1.SetSloRequest\x1a\x1c.dnnscaler.v1.SetSloResponse\x12L\n\tSetPolicy\x12\x1e.dnnscaler.v1.SetPolicyRequest\x1a\x1f.dnnscaler.v1.SetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nnscaler/v1/admin.proto\x12\x0c\x64nnscaler.v1\x1a\x19\x64nnscaler/v1/common.proto\"\x13\n\x11ListAgentsRequest\"\xbb\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\"\n\x03gpu\x18\x03 \x01(\x0b\x32\x15.dnnscaler.v1.GpuInfo\x12\x14\n\x0c\x62\x61\x63kend_kind\x18\x04 \x01(\t\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x19\n\x11\x62\x61\x63kend_available\x18\x06 \x01(\x08\x12\x17\n\x0f\x62\x61\x63kend_message\x18\x07 \x01(\t\x12\x19\n\x11last_report_age_s\x18\x08 \x01(\x01\x12-\n\ttelemetry\x18\t \x01(\x0b\x32\x1a.dnnscaler.v1.GpuTelemetry\x12\x0e\n\x06models\x18\n \x03(\t\x12\x0f\n\x07reports\x18\x0b \x01(\x04\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x10\n\x08\x64raining\x18\r \x01(\x08\"?\n\x12ListAgentsResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.AgentStatus\"\"\n\x11ListModelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa5\x03\n\x0bModelStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x03slo\x18\x03 \x01(\x0b\x32\x11.dnnscaler.v1.Slo\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x10\n\x08\x61pproach\x18\x05 \x01(\t\x12\"\n\x05knobs\x18\x06 \x01(\x0b\x32\x13.dnnscaler.v1.Knobs\x12(\n\x06limits\x18\x07 \x01(\x0b\x32\x18.dnnscaler.v1.KnobLimits\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12.\n\x0blast_window\x18\t \x01(\x0b\x32\x19.dnnscaler.v1.WindowStats\x12\x11\n\tavailable\x18\n \x01(\x08\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x14\n\x0cknob_changes\x18\x0c \x01(\x04\x12/\n\rpending_knobs\x18\r \x01(\x0b\x32\x13.dnnscaler.v1.KnobsH\x00\x88\x01\x01\x12\x13\n\x0blast_reason\x18\x0e \x01(\t\x12\x0c\n\x04hold\x18\x0f \x01(\tB\x10\n\x0e_pending_knobs\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\"2\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\">\n\rSetSloRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1e\n\x03slo\x18\x02 \x01(\x0b\x32\x11.dnnscaler.v1.Slo\";\n\x0eSetSloResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\"d\n\x10SetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\'\n\x05knobs\x18\x03 \x01(\x0b\x32\x13.dnnscaler.v1.KnobsH\x00\x88\x01\x01\x42\x08\n\x06_knobs\">\n\x11SetPolicyResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\" \n\x0f\x43learSloRequest\x12\r\n\x05model\x18\x01 \x01(\t\"/\n\x0cPauseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"e\n\rPauseResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.dnnscaler.v1.ModelStatus\x12)\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x19.dnnscaler.v1.AgentStatus\" \n\x0c\x44rainRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"!\n\x10ReprofileRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n\x0eHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\x05since\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\rB\x08\n\x06_since\"\xbf\x01\n\rDecisionEntry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12&\n\told_knobs\x18\x04 \x01(\x0b\x32\x13.dnnscaler.v1.Knobs\x12&\n\tnew_knobs\x18\x05 \x01(\x0b\x32\x13.dnnscaler.v1.Knobs\x12\x10\n\x08\x61pproach\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05\x63\x61use\x18\x08 \x01(\t\"A\n\x0fHistoryResponse\x12.\n\tdecisions\x18\x01 \x03(\x0b\x32\x1b.dnnscaler.v1.DecisionEntry2\xaf\x06\n\x0c\x41\x64minService\x12O\n\nListAgents\x12\x1f.dnnscaler.v1.ListAgentsRequest\x1a .dnnscaler.v1.ListAgentsResponse\x12O\n\nListModels\x12\x1f.dnnscaler.v1.ListModelsRequest\x1a .dnnscaler.v1.ListModelsResponse\x12\x44\n\x08GetModel\x12\x1d.dnnscaler.v1.GetModelRequest\x1a\x19.dnnscaler.v1.ModelStatus\x12\x43\n\x06SetSlo\x12\x1b.dnnscaler.v1.SetSloRequest\x1a\x1c.dnnscaler.v1.SetSloResponse\x12L\n\tSetPolicy\x12\x1e.dnnscaler.v1.SetPolicyRequest\x1a\x1f.dnnscaler.v1.SetPolicyResponse\x12G\n\x08\x43learSlo\x12\x1d.dnnscaler.v1.ClearSloRequest\x1a\x1c.dnnscaler.v1.SetSloResponse\x12@\n\x05Pause\x12\x1a.dnnscaler.v1.PauseRequest\x1a\x1b.dnnscaler.v1.PauseResponse\x12\x41\n\x06Resume\x12\x1a.dnnscaler.v1.PauseRequest\x1a\x1b.dnnscaler.v1.PauseResponse\x12@\n\x05\x44rain\x12\x1a.dnnscaler.v1.DrainRequest\x1a\x1b.dnnscaler.v1.PauseResponse\x12L\n\tReprofile\x12\x1e.dnnscaler.v1.ReprofileRequest\x1a\x1f.dnnscaler.v1.SetPolicyResponse\x12\x46\n\x07History\x12\x1c.dnnscaler.v1.HistoryRequest\x1a\x1d.dnnscaler.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSREQUEST']._serialized_start=69
   _globals['_LISTAGENTSREQUEST']._serialized_end=88
   _globals['_AGENTSTATUS']._serialized_start=91
-  _globals['_AGENTSTATUS']._serialized_end=372
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=374
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=437
-  _globals['_LISTMODELSREQUEST']._serialized_start=439
-  _globals['_LISTMODELSREQUEST']._serialized_end=473
-  _globals['_MODELSTATUS']._serialized_start=476
-  _globals['_MODELSTATUS']._serialized_end=883
-  _globals['_LISTMODELSRESPONSE']._serialized_start=885
-  _globals['_LISTMODELSRESPONSE']._serialized_end=948
-  _globals['_GETMODELREQUEST']._serialized_start=950
-  _globals['_GETMODELREQUEST']._serialized_end=1000
-  _globals['_SETSLOREQUEST']._serialized_start=1002
-  _globals['_SETSLOREQUEST']._serialized_end=1064
-  _globals['_SETSLORESPONSE']._serialized_start=1066
-  _globals['_SETSLORESPONSE']._serialized_end=1125
-  _globals['_SETPOLICYREQUEST']._serialized_start=1127
-  _globals['_SETPOLICYREQUEST']._serialized_end=1227
-  _globals['_SETPOLICYRESPONSE']._serialized_start=1229
-  _globals['_SETPOLICYRESPONSE']._serialized_end=1291
-  _globals['_ADMINSERVICE']._serialized_start=1294
-  _globals['_ADMINSERVICE']._serialized_end=1687
+  _globals['_AGENTSTATUS']._serialized_end=406
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=408
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=471
+  _globals['_LISTMODELSREQUEST']._serialized_start=473
+  _globals['_LISTMODELSREQUEST']._serialized_end=507
+  _globals['_MODELSTATUS']._serialized_start=510
+  _globals['_MODELSTATUS']._serialized_end=931
+  _globals['_LISTMODELSRESPONSE']._serialized_start=933
+  _globals['_LISTMODELSRESPONSE']._serialized_end=996
+  _globals['_GETMODELREQUEST']._serialized_start=998
+  _globals['_GETMODELREQUEST']._serialized_end=1048
+  _globals['_SETSLOREQUEST']._serialized_start=1050
+  _globals['_SETSLOREQUEST']._serialized_end=1112
+  _globals['_SETSLORESPONSE']._serialized_start=1114
+  _globals['_SETSLORESPONSE']._serialized_end=1173
+  _globals['_SETPOLICYREQUEST']._serialized_start=1175
+  _globals['_SETPOLICYREQUEST']._serialized_end=1275
+  _globals['_SETPOLICYRESPONSE']._serialized_start=1277
+  _globals['_SETPOLICYRESPONSE']._serialized_end=1339
+  _globals['_CLEARSLOREQUEST']._serialized_start=1341
+  _globals['_CLEARSLOREQUEST']._serialized_end=1373
+  _globals['_PAUSEREQUEST']._serialized_start=1375
+  _globals['_PAUSEREQUEST']._serialized_end=1422
+  _globals['_PAUSERESPONSE']._serialized_start=1424
+  _globals['_PAUSERESPONSE']._serialized_end=1525
+  _globals['_DRAINREQUEST']._serialized_start=1527
+  _globals['_DRAINREQUEST']._serialized_end=1559
+  _globals['_REPROFILEREQUEST']._serialized_start=1561
+  _globals['_REPROFILEREQUEST']._serialized_end=1594
+  _globals['_HISTORYREQUEST']._serialized_start=1596
+  _globals['_HISTORYREQUEST']._serialized_end=1672
+  _globals['_DECISIONENTRY']._serialized_start=1675
+  _globals['_DECISIONENTRY']._serialized_end=1866
+  _globals['_HISTORYRESPONSE']._serialized_start=1868
+  _globals['_HISTORYRESPONSE']._serialized_end=1933
+  _globals['_ADMINSERVICE']._serialized_start=1936
+  _globals['_ADMINSERVICE']._serialized_end=2751
 # @@protoc_insertion_point(module_scope)

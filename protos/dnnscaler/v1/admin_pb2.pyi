@@ -12,7 +12,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "node", "gpu", "backend_kind", "connected", "backend_available", "backend_message", "last_report_age_s", "telemetry", "models", "reports")
+    __slots__ = ("agent_id", "node", "gpu", "backend_kind", "connected", "backend_available", "backend_message", "last_report_age_s", "telemetry", "models", "reports", "paused", "draining")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class AgentStatus(_message.Message):
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     node: str
     gpu: _common_pb2.GpuInfo
@@ -35,7 +37,9 @@ class AgentStatus(_message.Message):
     telemetry: _common_pb2.GpuTelemetry
     models: _containers.RepeatedScalarFieldContainer[str]
     reports: int
-    def __init__(self, agent_id: _Optional[str] = ..., node: _Optional[str] = ..., gpu: _Optional[_Union[_common_pb2.GpuInfo, _Mapping]] = ..., backend_kind: _Optional[str] = ..., connected: _Optional[bool] = ..., backend_available: _Optional[bool] = ..., backend_message: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.GpuTelemetry, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., reports: _Optional[int] = ...) -> None: ...
+    paused: bool
+    draining: bool
+    def __init__(self, agent_id: _Optional[str] = ..., node: _Optional[str] = ..., gpu: _Optional[_Union[_common_pb2.GpuInfo, _Mapping]] = ..., backend_kind: _Optional[str] = ..., connected: _Optional[bool] = ..., backend_available: _Optional[bool] = ..., backend_message: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.GpuTelemetry, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., reports: _Optional[int] = ..., paused: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
@@ -50,7 +54,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("agent_id", "model", "slo", "policy", "approach", "knobs", "limits", "generation", "last_window", "available", "last_error", "knob_changes", "pending_knobs", "last_reason")
+    __slots__ = ("agent_id", "model", "slo", "policy", "approach", "knobs", "limits", "generation", "last_window", "available", "last_error", "knob_changes", "pending_knobs", "last_reason", "hold")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SLO_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,7 @@ class ModelStatus(_message.Message):
     KNOB_CHANGES_FIELD_NUMBER: _ClassVar[int]
     PENDING_KNOBS_FIELD_NUMBER: _ClassVar[int]
     LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     model: str
     slo: _common_pb2.Slo
@@ -79,7 +84,8 @@ class ModelStatus(_message.Message):
     knob_changes: int
     pending_knobs: _common_pb2.Knobs
     last_reason: str
-    def __init__(self, agent_id: _Optional[str] = ..., model: _Optional[str] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., policy: _Optional[str] = ..., approach: _Optional[str] = ..., knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., limits: _Optional[_Union[_common_pb2.KnobLimits, _Mapping]] = ..., generation: _Optional[int] = ..., last_window: _Optional[_Union[_common_pb2.WindowStats, _Mapping]] = ..., available: _Optional[bool] = ..., last_error: _Optional[str] = ..., knob_changes: _Optional[int] = ..., pending_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., last_reason: _Optional[str] = ...) -> None: ...
+    hold: str
+    def __init__(self, agent_id: _Optional[str] = ..., model: _Optional[str] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., policy: _Optional[str] = ..., approach: _Optional[str] = ..., knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., limits: _Optional[_Union[_common_pb2.KnobLimits, _Mapping]] = ..., generation: _Optional[int] = ..., last_window: _Optional[_Union[_common_pb2.WindowStats, _Mapping]] = ..., available: _Optional[bool] = ..., last_error: _Optional[str] = ..., knob_changes: _Optional[int] = ..., pending_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., last_reason: _Optional[str] = ..., hold: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -124,3 +130,73 @@ class SetPolicyResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+
+class ClearSloRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class PauseRequest(_message.Message):
+    __slots__ = ("model", "agent_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    agent_id: str
+    def __init__(self, model: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class PauseResponse(_message.Message):
+    __slots__ = ("models", "agents")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class ReprofileRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("model", "since", "limit")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    since: float
+    limit: int
+    def __init__(self, model: _Optional[str] = ..., since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DecisionEntry(_message.Message):
+    __slots__ = ("time", "model", "agent_id", "old_knobs", "new_knobs", "approach", "reason", "cause")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    NEW_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    APPROACH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    model: str
+    agent_id: str
+    old_knobs: _common_pb2.Knobs
+    new_knobs: _common_pb2.Knobs
+    approach: str
+    reason: str
+    cause: str
+    def __init__(self, time: _Optional[float] = ..., model: _Optional[str] = ..., agent_id: _Optional[str] = ..., old_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., new_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., approach: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionEntry]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionEntry, _Mapping]]] = ...) -> None: ...

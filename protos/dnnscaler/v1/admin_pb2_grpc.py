@@ -59,6 +59,36 @@ class AdminServiceStub:
                 request_serializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.FromString,
                 _registered_method=True)
+        self.ClearSlo = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/ClearSlo',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.ClearSloRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.SetSloResponse.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/Pause',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/Resume',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/Drain',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Reprofile = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/Reprofile',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.ReprofileRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/History',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -97,6 +127,48 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearSlo(self, request, context):
+        """Back to the controller's default SLO.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Stop (Pause) or restart (Resume) changing the knobs of a model on every agent, or of
+        every model of one agent. Serving goes on with the knobs in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Stop changing knobs on an agent for maintenance (Resume with its agent_id ends it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reprofile(self, request, context):
+        """Forget what the policy learned about a model: it profiles again from the knobs in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """A model's knob decisions, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +196,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetPolicy,
                     request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyRequest.FromString,
                     response_serializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.SerializeToString,
+            ),
+            'ClearSlo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearSlo,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.ClearSloRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.SetSloResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.DrainRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.SerializeToString,
+            ),
+            'Reprofile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reprofile,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.ReprofileRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +363,168 @@ class AdminService:
             '/dnnscaler.v1.AdminService/SetPolicy',
             dnnscaler_dot_v1_dot_admin__pb2.SetPolicyRequest.SerializeToString,
             dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearSlo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/ClearSlo',
+            dnnscaler_dot_v1_dot_admin__pb2.ClearSloRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.SetSloResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/Pause',
+            dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/Resume',
+            dnnscaler_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/Drain',
+            dnnscaler_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reprofile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/Reprofile',
+            dnnscaler_dot_v1_dot_admin__pb2.ReprofileRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.SetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/History',
+            dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
