@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import NoReturn
 
 import grpc
 
 from dnnscaler.controller.admin_checks import check_name, shown
+from dnnscaler.controller.events import Event
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, ModelSettings, Registry
 from dnnscaler.controller.store import AgentFlags, StoreError
@@ -80,6 +81,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> None:
         """Store the settings durably and put them in force, or refuse and change nothing."""
         await _durably(context, lambda: self.registry.put_settings(model, settings), model=model)
+        s = settings
+        self.registry.events.publish(
+            Event(
+                "setting",
+                model=model,
+                message=f"SLO p{s.slo.percentile:g} <= {s.slo.latency_ms:g} ms, policy {s.policy}"
+                + (" (paused)" if s.paused else ""),
+            )
+        )
 
     def _status(self, loop: ModelLoop) -> admin_pb2.ModelStatus:
         settings = self.registry.settings_for(loop.model)
@@ -297,6 +307,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         await _durably(
             context, lambda: self.registry.put_agent_flags(agent_id, flags), agent=agent_id
         )
+        state = "draining" if flags.draining else "paused" if flags.paused else "policy in control"
+        self.registry.events.publish(Event("setting", agent_id, message=f"agent {state}"))
 
     def _held_agent(self, agent: AgentRecord) -> admin_pb2.PauseResponse:
         return admin_pb2.PauseResponse(
@@ -355,3 +367,29 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 for d in rows
             ]
         )
+
+    async def Watch(
+        self, request: admin_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[admin_pb2.Event]:
+        await _names(context, model=(request.model, False), agent_id=(request.agent_id, False))
+        with self.registry.events.subscribe() as sub:
+            while True:
+                e = await sub.next()
+                if e.kind != "lost" and (
+                    (request.model and e.model != request.model)
+                    or (request.agent_id and e.agent_id != request.agent_id)
+                ):
+                    continue
+                out = admin_pb2.Event(
+                    time=e.t,
+                    kind=e.kind,
+                    agent_id=e.agent_id,
+                    model=e.model,
+                    message=e.message,
+                    generation=e.generation,
+                )
+                if e.old_knobs is not None:
+                    out.old_knobs.CopyFrom(knobs_to_pb(e.old_knobs))
+                if e.new_knobs is not None:
+                    out.new_knobs.CopyFrom(knobs_to_pb(e.new_knobs))
+                yield out

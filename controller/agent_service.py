@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from dnnscaler.controller.admin_checks import SHOWN_CHARS, check_name
+from dnnscaler.controller.events import Event
 from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, Registry
@@ -75,6 +76,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             backend=record.backend_kind,
             models=sorted(record.models),
         )
+        self.registry.events.publish(
+            Event(
+                "agent_connected",
+                record.agent_id,
+                message=f"node {record.node}, backend {record.backend_kind},"
+                f" models {', '.join(sorted(record.models)) or '-'}",
+            )
+        )
         reader = asyncio.create_task(self._read(request_iterator, record))
         yield agent_pb2.ControllerMessage(
             welcome=agent_pb2.Welcome(
@@ -101,6 +110,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if current is record and record.session == session:
                 record.connected = False
             bound.info("agent_disconnected")
+            self.registry.events.publish(
+                Event("agent_disconnected", record.agent_id, message="its stream ended")
+            )
 
     async def _read(self, it: AsyncIterator[agent_pb2.AgentMessage], record: AgentRecord) -> None:
         async for msg in it:
@@ -203,6 +215,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
             self.registry.persist_loop(loop)
             self._export(rec.agent_id, loop, window, settings.slo.percentile)
+            lat = window.latency_at(settings.slo.percentile)
+            if lat is not None and lat > settings.slo.latency_ms:
+                self.registry.events.publish(
+                    Event(
+                        "slo_violation",
+                        rec.agent_id,
+                        name,
+                        f"p{settings.slo.percentile:g} {lat:.1f} ms > {settings.slo.latency_ms:g}"
+                        f" ms at {window.throughput_rps:.0f} rps, b{loop.knobs.max_batch_size}"
+                        f" n{loop.knobs.instances}",
+                    )
+                )
             if update is not None:
                 self.registry.record_decision(loop, in_force, update.knobs, "policy")
                 log.info(
@@ -258,12 +282,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if loop is None:
             log.warning("apply_result_for_unknown_model", agent=rec.agent_id, model=res.model)
             return
-        loop.on_apply_result(
-            int(res.generation),
-            res.ok,
-            knobs_from_pb(res.knobs_in_force),
-            res.error,
-            res.in_progress,
+        in_force = knobs_from_pb(res.knobs_in_force)
+        loop.on_apply_result(int(res.generation), res.ok, in_force, res.error, res.in_progress)
+        outcome = "failed: " + res.error if not res.ok else "landing" if res.in_progress else "done"
+        self.registry.events.publish(
+            Event(
+                "apply",
+                rec.agent_id,
+                res.model,
+                f"generation {res.generation} {outcome}",
+                new_knobs=in_force,
+                generation=int(res.generation),
+            )
         )
 
     # -- housekeeping ------------------------------------------------------------------
@@ -276,8 +306,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 rec.outbox.put_nowait(_CLOSE)
                 del self.registry.agents[aid]
                 dropped.append(aid)
-                log.warning(
-                    "agent_dropped_stale", agent=aid, silent_s=round(now - rec.last_seen_s, 1)
+                silent = round(now - rec.last_seen_s, 1)
+                log.warning("agent_dropped_stale", agent=aid, silent_s=silent)
+                self.registry.events.publish(
+                    Event("agent_lost", aid, message=f"silent for {silent} s: dropped")
                 )
         states = [a.connected for a in self.registry.agents.values()]
         self.metrics.agents.labels(state="connected").set(sum(states))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.events import Event, EventBus
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.store import (
     AgentFlags,
@@ -63,6 +64,7 @@ class Registry:
     def __init__(self, config: ControllerConfig, store: StateStore | None = None) -> None:
         self.config = config
         self.store = store if store is not None else StateStore(config.state_path)
+        self.events = EventBus()
         self.agents: dict[str, AgentRecord] = {}
         self.settings: dict[str, ModelSettings] = {
             model: ModelSettings(s.slo, s.policy, s.policy_params, s.paused)
@@ -121,6 +123,18 @@ class Registry:
     def record_decision(
         self, loop: ModelLoop, old: Knobs, new: Knobs, cause: str, reason: str = ""
     ) -> None:
+        """A decision into the history, and out to watchers."""
+        self.events.publish(
+            Event(
+                "decision",
+                loop.agent_id,
+                loop.model,
+                f"{cause}: {reason or loop.last_reason}",
+                old,
+                new,
+                loop.generation,
+            )
+        )
         try:
             self.store.add_decision(
                 DecisionRecord(

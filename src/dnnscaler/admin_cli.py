@@ -107,6 +107,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50, help="the newest this many (max 10000)")
     p.set_defaults(func=lambda a: _run(a, _history))
 
+    p = sub.add_parser(
+        "watch",
+        help="follow decisions, applies, agents and SLO violations as they happen (Ctrl-C ends)",
+    )
+    common(p)
+    p.add_argument("--model", default="", help="only this model's events")
+    p.add_argument("--agent", default="", help="only this agent's events")
+    p.set_defaults(func=watch)
+
+
+def event_line(e: admin_pb2.Event) -> str:
+    """One event as a log line: time, kind, where, what changed, why."""
+    where = "/".join(x for x in (e.agent_id, e.model) if x) or "-"
+    knobs = ""
+    if e.HasField("new_knobs"):
+        new = f"b{e.new_knobs.max_batch_size}/n{e.new_knobs.instances}"
+        if e.HasField("old_knobs"):
+            old = f"b{e.old_knobs.max_batch_size}/n{e.old_knobs.instances}"
+            knobs = f" {old} → {new}"
+        else:
+            knobs = f" {new}"
+    when = datetime.fromtimestamp(e.time).isoformat(timespec="seconds")
+    return f"{when} {e.kind:<18} {where}{knobs}: {e.message}"
+
+
+def watch(a: argparse.Namespace) -> int:
+    """Print events until Ctrl-C (exit 0) or until the controller goes (exit 4)."""
+
+    async def follow() -> None:
+        async with grpc.aio.insecure_channel(a.controller) as ch:
+            stub = admin_pb2_grpc.AdminServiceStub(ch)
+            req = admin_pb2.WatchRequest(model=a.model, agent_id=a.agent)
+            async for e in stub.Watch(req):
+                if a.json:
+                    doc = MessageToDict(e, preserving_proto_field_name=True)
+                    print(json.dumps(doc), flush=True)
+                else:
+                    print(event_line(e), flush=True)
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        return 0
+    except grpc.aio.AioRpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return EXIT_CODES.get(e.code(), 1)
+    print("error: the controller ended the stream", file=sys.stderr)
+    return 4
+
 
 def since_arg(text: str) -> float:
     """Unix seconds from an age (``30s``, ``10m``, ``2h``, ``1d``) or an ISO 8601 time."""

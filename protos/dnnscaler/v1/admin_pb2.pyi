@@ -200,3 +200,31 @@ class HistoryResponse(_message.Message):
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[DecisionEntry]
     def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionEntry, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("model", "agent_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    agent_id: str
+    def __init__(self, model: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("time", "kind", "agent_id", "model", "message", "old_knobs", "new_knobs", "generation")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OLD_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    NEW_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    kind: str
+    agent_id: str
+    model: str
+    message: str
+    old_knobs: _common_pb2.Knobs
+    new_knobs: _common_pb2.Knobs
+    generation: int
+    def __init__(self, time: _Optional[float] = ..., kind: _Optional[str] = ..., agent_id: _Optional[str] = ..., model: _Optional[str] = ..., message: _Optional[str] = ..., old_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., new_knobs: _Optional[_Union[_common_pb2.Knobs, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...

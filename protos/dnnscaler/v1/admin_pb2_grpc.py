@@ -89,6 +89,11 @@ class AdminServiceStub:
                 request_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/dnnscaler.v1.AdminService/Watch',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.WatchRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -169,6 +174,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """What happens from now on (decisions, applies, agents connecting and going, SLO
+        violations, settings changed), until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +239,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.FromString,
                     response_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.WatchRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +543,33 @@ class AdminService:
             '/dnnscaler.v1.AdminService/History',
             dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
             dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/Watch',
+            dnnscaler_dot_v1_dot_admin__pb2.WatchRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,
