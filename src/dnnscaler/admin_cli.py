@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -133,23 +134,44 @@ def event_line(e: admin_pb2.Event) -> str:
 
 
 def watch(a: argparse.Namespace) -> int:
-    """Print events until Ctrl-C (exit 0) or until the controller goes (exit 4)."""
+    """Print events until Ctrl-C or SIGTERM (exit 0) or until the controller goes (exit 4).
 
-    async def follow() -> None:
+    The signals cancel the call from the event loop: a KeyboardInterrupt raised wherever
+    the main thread happens to be (inside grpc's own code, say) could not end as cleanly.
+    """
+
+    async def follow() -> bool:
+        """True: stopped by a signal."""
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
         async with grpc.aio.insecure_channel(a.controller) as ch:
             stub = admin_pb2_grpc.AdminServiceStub(ch)
-            req = admin_pb2.WatchRequest(model=a.model, agent_id=a.agent)
-            async for e in stub.Watch(req):
-                if a.json:
-                    doc = MessageToDict(e, preserving_proto_field_name=True)
-                    print(json.dumps(doc), flush=True)
-                else:
-                    print(event_line(e), flush=True)
+            call = stub.Watch(admin_pb2.WatchRequest(model=a.model, agent_id=a.agent))
+
+            def stop() -> None:
+                stopped.set()
+                call.cancel()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop)
+            try:
+                async for e in call:
+                    if a.json:
+                        doc = MessageToDict(e, preserving_proto_field_name=True)
+                        print(json.dumps(doc), flush=True)
+                    else:
+                        print(event_line(e), flush=True)
+            except asyncio.CancelledError:
+                if not stopped.is_set():
+                    raise
+            except grpc.aio.AioRpcError as e:
+                if not (stopped.is_set() and e.code() == grpc.StatusCode.CANCELLED):
+                    raise
+        return stopped.is_set()
 
     try:
-        asyncio.run(follow())
-    except KeyboardInterrupt:
-        return 0
+        if asyncio.run(follow()):
+            return 0
     except grpc.aio.AioRpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return EXIT_CODES.get(e.code(), 1)

@@ -84,18 +84,34 @@ async def test_cli_watch_follows_and_ends_cleanly_on_ctrl_c(controller, start_ag
         controller.address,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # As a process started in the background by a non-interactive shell (CI, nohup)
+        # inherits it: SIGINT ignored. Python then raises no KeyboardInterrupt, and a watch
+        # that relied on one ran on (fresh-clone run 29); the CLI must handle SIGINT itself.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    await wait_for(lambda: controller.registry.events.watchers == 1, timeout_s=30)
-    await start_agent(controller.address, "node-a-gpu0", {"a": ("imagenet/Inc-V1", 40.0)})
-    seen: list[dict[str, Any]] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    while not any(e["kind"] == "decision" for e in seen):
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, (await proc.stderr.read()).decode()
-        seen.append(json.loads(line))
-    assert seen[0]["kind"] == "agent_connected", seen
-    proc.send_signal(signal.SIGINT)
-    rc = await asyncio.wait_for(proc.wait(), 30)
-    err = (await proc.stderr.read()).decode()
-    assert rc == 0 and "Traceback" not in err, (rc, err)
-    await wait_for(lambda: controller.registry.events.watchers == 0)
+    try:
+        await wait_for(lambda: controller.registry.events.watchers == 1, timeout_s=30)
+        await start_agent(controller.address, "node-a-gpu0", {"a": ("imagenet/Inc-V1", 40.0)})
+        seen: list[dict[str, Any]] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        while not any(e["kind"] == "decision" for e in seen):
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, (await proc.stderr.read()).decode()
+            seen.append(json.loads(line))
+        assert seen[0]["kind"] == "agent_connected", seen
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(
+                f"watch still running 30 s after SIGINT; stderr: {(await proc.stderr.read())!r}"
+            ) from None
+        err = (await proc.stderr.read()).decode()
+        assert rc == 0 and "Traceback" not in err, (rc, err)
+        await wait_for(lambda: controller.registry.events.watchers == 0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
