@@ -216,7 +216,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self.registry.persist_loop(loop)
             self._export(rec.agent_id, loop, window, settings.slo.percentile)
             lat = window.latency_at(settings.slo.percentile)
-            if lat is not None and lat > settings.slo.latency_ms:
+            if self.registry.events.watchers and lat is not None and lat > settings.slo.latency_ms:
                 self.registry.events.publish(
                     Event(
                         "slo_violation",

@@ -65,6 +65,8 @@ class Registry:
         self.config = config
         self.store = store if store is not None else StateStore(config.state_path)
         self.events = EventBus()
+        # What was last written per (agent, model): the row is rewritten only when it changed.
+        self._persisted: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.agents: dict[str, AgentRecord] = {}
         self.settings: dict[str, ModelSettings] = {
             model: ModelSettings(s.slo, s.policy, s.policy_params, s.paused)
@@ -114,9 +116,19 @@ class Registry:
         return ""
 
     def persist_loop(self, loop: ModelLoop) -> None:
-        """The loop's state after a decision; a store failure is logged, control goes on."""
+        """The loop's state after a decision; a store failure is logged, control goes on.
+        A report on which nothing changed (held, waiting for an apply, the same state
+        object) writes nothing: no JSON encoding and no transaction on the report path."""
+        key = (loop.agent_id, loop.model)
+        pending = loop.pending.knobs if loop.pending is not None else None
+        seen = (loop.policy_name, loop.knobs, pending, loop.generation)
+        last = self._persisted.get(key)
+        # The state itself is kept (compared by identity: frozen, replaced on each decision).
+        if last is not None and last[0] is loop.policy_state and last[1:] == seen:
+            return
         try:
             self.store.save_loop(loop.snapshot())
+            self._persisted[key] = (loop.policy_state, *seen)
         except (sqlite3.Error, TypeError, ValueError) as e:
             log.error("loop_state_not_saved", agent=loop.agent_id, model=loop.model, error=str(e))
 
