@@ -110,6 +110,12 @@ def test_kill9_and_restart_keep_settings_and_resume_each_loop(tmp_path: Path) ->
             address, "set-policy", PINNED, "static", "--max-batch-size", "4", "--instances", "2"
         )
         assert r.returncode == 0, r.stderr
+        # Pause only once the pin is in force: a pause before the next report holds the
+        # knobs where they were (clean-clone run of 6cd5bbc: settled at b1 n1).
+        deadline = time.monotonic() + 30
+        while _knobs(_models(stub)[PINNED]) != (4, 2):
+            assert time.monotonic() < deadline, f"pin never in force:\n{first.tail()}"
+            time.sleep(POLL_S)
         r = _cli(address, "pause", PINNED)
         assert r.returncode == 0, r.stderr
         before = _settle(stub, [first, agent])
