@@ -4,71 +4,124 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
-import socket
+from collections.abc import Mapping
+from typing import Any
 
 from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backend import Backend
-from dnnscaler.agents.config import AgentConfig
+from dnnscaler.agents.config import BACKENDS, AgentConfig, parse_sim_model
+from dnnscaler.core.settings import (
+    DEFAULT,
+    ConfigError,
+    Resolved,
+    add_flags,
+    flags_of,
+    read_file,
+    resolve,
+    table_of,
+)
 from dnnscaler.core.types import InvalidValue
+
+FLAG_NAMES = {"sim_models": "--sim-model"}
+CHOICES = {"backend": BACKENDS}
+HELPS = {
+    "controller": "controller HOST:PORT",
+    "agent_id": "default: NODE-gpuINDEX",
+    "node": "this host's name (default: the hostname)",
+    "gpu_index": "the GPU this agent serves",
+    "report_interval_s": "report period until the controller's welcome sets it",
+    "backoff_initial_s": "first reconnect delay",
+    "backoff_max_s": "longest reconnect delay",
+    "busy_retry_s": "an update the backend cannot take yet is retried this long",
+    "busy_retry_interval_s": "between those retries",
+    "backend_timeout_s": "a backend call slower than this is reported as not answering",
+    "backend": "the inference server to steer",
+    "triton_grpc": "triton backend: gRPC HOST:PORT",
+    "triton_metrics": 'triton backend: metrics URL, read for the queue backlog ("": not read)',
+    "sim_models": "sim backend: serve PROFILE (see `dnnscaler bench sim --list`) as NAME under"
+    " a Poisson load of RPS requests/s; repeatable (NAME=PROFILE@RPS)",
+    "sim_profiles": "sim backend: a user profile file (JSON)",
+    "sim_seed": "sim backend: random seed",
+}
+DEFAULT_SIM_MODELS = ("demo=imagenet/Mob-V1-025@200",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("agent", help="run a per-GPU agent")
-    p.add_argument("--controller", default="127.0.0.1:50051", help="controller HOST:PORT")
-    p.add_argument("--agent-id", default="", help="default: NODE-gpuINDEX")
-    p.add_argument("--node", default=socket.gethostname())
-    p.add_argument("--gpu-index", type=int, default=0)
-    p.add_argument("--backend", choices=("sim", "triton"), default="sim")
-    p.add_argument(
-        "--sim-model",
-        action="append",
-        default=[],
-        metavar="NAME=PROFILE@RPS",
-        help="sim backend: serve PROFILE (see `dnnscaler bench sim --list`) as NAME under a "
-        "Poisson load of RPS requests/s; repeatable",
+    p = sub.add_parser(
+        "agent",
+        help="run a per-GPU agent",
+        description="Settings come from --config FILE's [agent] table, then DNNSCALER_*"
+        " environment variables, then flags (each flag's help names its variable).",
     )
-    p.add_argument("--sim-profiles", default=None, help="sim backend: a user profile file (JSON)")
-    p.add_argument("--sim-seed", type=int, default=0)
-    p.add_argument("--triton-grpc", default="127.0.0.1:8001", help="triton backend: gRPC HOST:PORT")
-    p.add_argument("--triton-metrics", default=None, help="triton backend: metrics URL")
+    p.add_argument("--config", metavar="FILE", help="a TOML file with an [agent] table")
+    add_flags(p, AgentConfig, HELPS, FLAG_NAMES, CHOICES)
     p.set_defaults(func=run)
 
 
-def parse_sim_model(spec: str) -> tuple[str, str, float]:
-    """``NAME=PROFILE@RPS`` → (name, profile, rps); errors name the option."""
-    try:
-        name, rest = spec.split("=", 1)
-        profile, rps = rest.rsplit("@", 1)
-        rate = float(rps)
-    except ValueError:
-        raise InvalidValue("--sim-model", f"expected NAME=PROFILE@RPS, got {spec!r}") from None
-    if not name or not profile or rate < 0:
-        raise InvalidValue("--sim-model", f"expected NAME=PROFILE@RPS with RPS >= 0, got {spec!r}")
-    return name, profile, rate
+def resolve_config(
+    path: str | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    doc: Mapping[str, Any] | None = None,
+) -> Resolved:
+    """The agent's settings: ``path``'s ``[agent]`` table, then ``env``, then ``flags``;
+    the sim backend's models are checked against the known profiles here, before start."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        table = table_of(read_file(path) if doc is None else doc, path, "agent")
+    resolved = resolve(
+        AgentConfig,
+        table="agent",
+        file_values=table,
+        path=path,
+        env=env,
+        flags=flags,
+        flag_names=FLAG_NAMES,
+    )
+    cfg: AgentConfig = resolved.value
+    if cfg.backend == "sim":
+        try:
+            sim_specs(cfg)
+        except InvalidValue as e:
+            src = resolved.origin.get(e.field, DEFAULT)
+            where = f"{path} [agent]" if src.startswith("file") else src
+            raise ConfigError(where, e.field, e.message) from None
+    return resolved
 
 
-def build_backend(args: argparse.Namespace) -> Backend:
-    if args.backend == "triton":
-        from dnnscaler.agents.backends.triton import TritonBackend
-
-        return TritonBackend(args.triton_grpc, metrics_url=args.triton_metrics)
-    from dnnscaler.agents.backends.sim import SimBackend, SimModelSpec
+def sim_specs(cfg: AgentConfig) -> dict[str, Any]:
+    """The sim backend's models; errors name the field (an unknown profile, a bad file)."""
+    from dnnscaler.agents.backends.sim import SimModelSpec
     from dnnscaler.core.types import Knobs
-    from dnnscaler.sim.profile import load_profiles, shipped_profiles
+    from dnnscaler.sim.profile import ProfileError, load_profiles, shipped_profiles
 
     profiles = dict(shipped_profiles())
-    if args.sim_profiles:
-        profiles.update(load_profiles(args.sim_profiles))
+    if cfg.sim_profiles:
+        try:
+            profiles.update(load_profiles(cfg.sim_profiles))
+        except ProfileError as e:
+            raise InvalidValue("sim_profiles", str(e)) from None
     specs = {}
-    for spec in args.sim_model or ["demo=imagenet/Mob-V1-025@200"]:
+    for spec in cfg.sim_models or DEFAULT_SIM_MODELS:
         name, prof, rate = parse_sim_model(spec)
         if prof not in profiles:
             raise InvalidValue(
-                "--sim-model", f"unknown profile {prof!r}; valid: {', '.join(sorted(profiles))}"
+                "sim_models", f"unknown profile {prof!r}; valid: {', '.join(sorted(profiles))}"
             )
         specs[name] = SimModelSpec(profile=profiles[prof], knobs=Knobs(), rate_rps=rate)
-    return SimBackend(specs, seed=args.sim_seed)
+    return specs
+
+
+def build_backend(cfg: AgentConfig) -> Backend:
+    if cfg.backend == "triton":
+        from dnnscaler.agents.backends.triton import TritonBackend
+
+        return TritonBackend(cfg.triton_grpc, metrics_url=cfg.triton_metrics or None)
+    from dnnscaler.agents.backends.sim import SimBackend
+
+    return SimBackend(sim_specs(cfg), seed=cfg.sim_seed)
 
 
 async def serve(config: AgentConfig, backend: Backend) -> None:
@@ -83,8 +136,6 @@ async def serve(config: AgentConfig, backend: Backend) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = AgentConfig(
-        controller=args.controller, agent_id=args.agent_id, node=args.node, gpu_index=args.gpu_index
-    )
-    asyncio.run(serve(config, build_backend(args)))
+    config: AgentConfig = resolve_config(args.config, os.environ, flags_of(args, AgentConfig)).value
+    asyncio.run(serve(config, build_backend(config)))
     return 0

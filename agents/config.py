@@ -6,7 +6,25 @@ import math
 import socket
 from dataclasses import dataclass, field
 
-from dnnscaler.core.types import InvalidValue
+from dnnscaler.core.types import InvalidValue, shown
+
+BACKENDS = ("sim", "triton")
+MAX_NAME_CHARS = 256  # what the controller accepts as an agent id (admin_checks)
+
+
+def parse_sim_model(spec: str) -> tuple[str, str, float]:
+    """``NAME=PROFILE@RPS`` → (name, profile, rps); errors name the field."""
+    try:
+        name, rest = spec.split("=", 1)
+        profile, rps = rest.rsplit("@", 1)
+        rate = float(rps)
+    except ValueError:
+        raise InvalidValue("sim_models", f"expected NAME=PROFILE@RPS, got {shown(spec)}") from None
+    if not name or not profile or not (math.isfinite(rate) and rate >= 0):
+        raise InvalidValue(
+            "sim_models", f"expected NAME=PROFILE@RPS with a finite RPS >= 0, got {shown(spec)}"
+        )
+    return name, profile, rate
 
 
 @dataclass(frozen=True)
@@ -26,10 +44,24 @@ class AgentConfig:
     # is reported as the backend not answering, and the agent goes on reporting meanwhile: a
     # hung server must not make the agent look dead to the controller (stale_after_s).
     backend_timeout_s: float = 5.0
+    # Which inference server this agent steers, and how to reach it.
+    backend: str = "sim"
+    triton_grpc: str = "127.0.0.1:8001"
+    triton_metrics: str = ""  # Triton's metrics URL (the queue backlog); "" = not read
+    # The sim backend: NAME=PROFILE@RPS per model, and a user profile file (JSON).
+    sim_models: tuple[str, ...] = ()
+    sim_profiles: str = ""
+    sim_seed: int = 0
 
     def __post_init__(self) -> None:
         if ":" not in self.controller:
-            raise InvalidValue("controller", f"expected HOST:PORT, got {self.controller!r}")
+            raise InvalidValue("controller", f"expected HOST:PORT, got {shown(self.controller)}")
+        for name in ("agent_id", "node"):
+            v = getattr(self, name)
+            if len(v) > MAX_NAME_CHARS or not v.isprintable() or (name == "node" and not v):
+                raise InvalidValue(
+                    name, f"must be 1-{MAX_NAME_CHARS} printable characters, got {shown(v)}"
+                )
         if self.gpu_index < 0:
             raise InvalidValue("gpu_index", "must be >= 0")
         for name in (
@@ -45,6 +77,18 @@ class AgentConfig:
                 raise InvalidValue(name, f"must be > 0, got {v}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise InvalidValue("backoff_max_s", "must be >= backoff_initial_s")
+        if self.backend not in BACKENDS:
+            raise InvalidValue(
+                "backend", f"unknown backend {shown(self.backend)}; valid: {', '.join(BACKENDS)}"
+            )
+        if ":" not in self.triton_grpc:
+            raise InvalidValue("triton_grpc", f"expected HOST:PORT, got {shown(self.triton_grpc)}")
+        if self.triton_metrics and not self.triton_metrics.startswith(("http://", "https://")):
+            raise InvalidValue(
+                "triton_metrics", f"expected an http:// URL, got {shown(self.triton_metrics)}"
+            )
+        for spec in self.sim_models:
+            parse_sim_model(spec)
 
     @property
     def resolved_id(self) -> str:

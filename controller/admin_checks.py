@@ -7,17 +7,11 @@ service calls them before it changes anything, so a refused request stores nothi
 
 from __future__ import annotations
 
-from dnnscaler.core.types import InvalidValue
+from dnnscaler.core.types import SHOWN_CHARS, InvalidValue, shown
+
+__all__ = ["MAX_NAME_CHARS", "SHOWN_CHARS", "check_name", "shown"]
 
 MAX_NAME_CHARS = 256  # model and agent names: Triton's own names are far shorter
-SHOWN_CHARS = 64  # how much of a refused value an error message quotes
-
-
-def shown(value: str, limit: int = SHOWN_CHARS) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def check_name(field: str, value: str, *, required: bool = True) -> None:

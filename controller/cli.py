@@ -4,38 +4,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.controller.store import StoreError
 from dnnscaler.core.logging import get_logger
+from dnnscaler.core.settings import (
+    DEFAULT,
+    Resolved,
+    add_flags,
+    flags_of,
+    read_file,
+    resolve,
+    table_of,
+)
 
 log = get_logger(__name__)
 
 
+FLAG_NAMES = {"default_policy": "--policy"}
+HELPS = {
+    "listen": "HOST:PORT to serve on",
+    "report_interval_s": "how often agents report",
+    "stale_after_s": "an agent silent this long is dropped",
+    "apply_timeout_s": "an update unconfirmed this long is given up",
+    "default_policy": "policy for new models",
+    "default_slo_ms": "SLO latency for new models",
+    "default_percentile": "SLO percentile for new models",
+    "grace_s": "in-flight RPCs get this long at shutdown",
+    "metrics_port": "Prometheus metrics port (0: off)",
+    "metrics_addr": "address the metrics port binds",
+    "state_path": "the state database (SQLite): settings, each loop's policy state, history;"
+    " unset: controller.db in $STATE_DIRECTORY (systemd's StateDirectory=), else ':memory:'"
+    " (nothing survives a restart)",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("controller", help="run the central controller (gRPC)")
-    d = ControllerConfig.__dataclass_fields__
-    p.add_argument("--listen", default=d["listen"].default, help="HOST:PORT to serve on")
-    p.add_argument("--report-interval-s", type=float, default=d["report_interval_s"].default)
-    p.add_argument("--stale-after-s", type=float, default=d["stale_after_s"].default)
-    p.add_argument("--apply-timeout-s", type=float, default=d["apply_timeout_s"].default)
-    p.add_argument(
-        "--policy", default=d["default_policy"].default, help="default policy for new models"
+    p = sub.add_parser(
+        "controller",
+        help="run the central controller (gRPC)",
+        description="Settings come from --config FILE's [controller] table, then DNNSCALER_*"
+        " environment variables, then flags (each flag's help names its variable).",
     )
-    p.add_argument("--default-slo-ms", type=float, default=d["default_slo_ms"].default)
-    p.add_argument("--default-percentile", type=float, default=d["default_percentile"].default)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
-    p.add_argument("--metrics-addr", default="127.0.0.1")
-    p.add_argument(
-        "--state-path",
-        help="the state database (SQLite): settings, each loop's policy state, history."
-        " Default: controller.db in $STATE_DIRECTORY (systemd's StateDirectory=), else"
-        " ':memory:' (nothing survives a restart)",
-    )
+    p.add_argument("--config", metavar="FILE", help="a TOML file with a [controller] table")
+    add_flags(p, ControllerConfig, HELPS, FLAG_NAMES)
     p.set_defaults(func=run)
 
 
@@ -45,24 +64,47 @@ def default_state_path() -> str:
     return os.path.join(state_dir, "controller.db") if state_dir else ":memory:"
 
 
-def config_from_args(args: argparse.Namespace) -> ControllerConfig:
-    return ControllerConfig(
-        listen=args.listen,
-        report_interval_s=args.report_interval_s,
-        stale_after_s=args.stale_after_s,
-        apply_timeout_s=args.apply_timeout_s,
-        default_policy=args.policy,
-        default_slo_ms=args.default_slo_ms,
-        default_percentile=args.default_percentile,
-        metrics_port=args.metrics_port,
-        metrics_addr=args.metrics_addr,
-        state_path=args.state_path or default_state_path(),
+def resolve_config(
+    path: str | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    doc: Mapping[str, Any] | None = None,
+) -> Resolved:
+    """The controller's settings: ``path``'s ``[controller]`` table, then ``env``, then
+    ``flags``; an unset ``state_path`` goes under ``$STATE_DIRECTORY``."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        table = table_of(read_file(path) if doc is None else doc, path, "controller")
+    resolved = resolve(
+        ControllerConfig,
+        table="controller",
+        file_values=table,
+        path=path,
+        env=env,
+        flags=flags,
+        flag_names=FLAG_NAMES,
     )
+    if resolved.origin["state_path"] == DEFAULT:
+        where = default_state_path()
+        origin = "$STATE_DIRECTORY" if where != ":memory:" else DEFAULT
+        value = dataclasses.replace(resolved.value, state_path=where)
+        resolved = Resolved(value, {**resolved.origin, "state_path": origin})
+    return resolved
+
+
+def config_from_args(args: argparse.Namespace) -> ControllerConfig:
+    cfg: ControllerConfig = resolve_config(
+        args.config, os.environ, flags_of(args, ControllerConfig)
+    ).value
+    return cfg
 
 
 async def serve(config: ControllerConfig) -> None:
     if config.state_path == ":memory:":
-        log.warning("state_not_persisted", hint="pass --state-path FILE to survive restarts")
+        log.warning(
+            "state_not_persisted",
+            hint="set state_path in the config file (or --state-path) to survive restarts",
+        )
     controller = Controller(config)
     await controller.start()
     stop = asyncio.Event()

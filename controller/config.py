@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dnnscaler.core.types import InvalidValue, Slo
+from dnnscaler.core.types import InvalidValue, Slo, shown
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,21 @@ class ControllerConfig:
             raise InvalidValue("metrics_port", f"must be in 0..65535, got {self.metrics_port}")
         if self.grace_s < 0:
             raise InvalidValue("grace_s", "must be >= 0")
-        Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)
+        try:
+            Slo(latency_ms=self.default_slo_ms, percentile=self.default_percentile)
+        except InvalidValue as e:
+            ours = {"latency_ms": "default_slo_ms", "percentile": "default_percentile"}
+            raise InvalidValue(ours.get(e.field, e.field), e.message) from None
         if not self.state_path:
             raise InvalidValue("state_path", "must not be empty (':memory:' keeps no state)")
         if ":" not in self.listen:
-            raise InvalidValue("listen", f"expected HOST:PORT, got {self.listen!r}")
+            raise InvalidValue("listen", f"expected HOST:PORT, got {shown(self.listen)}")
         from dnnscaler.policies.registry import POLICY_NAMES
 
         if self.default_policy not in POLICY_NAMES:
             raise InvalidValue(
                 "default_policy",
-                f"unknown policy {self.default_policy!r}; valid: {', '.join(POLICY_NAMES)}",
+                f"unknown policy {shown(self.default_policy)}; valid: {', '.join(POLICY_NAMES)}",
             )
 
     @property

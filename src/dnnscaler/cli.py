@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dnnscaler.controller.cli",
     "dnnscaler.agents.cli",
     "dnnscaler.admin_cli",
+    "dnnscaler.config_cli",
     "dnnscaler.demo",
     "dnnscaler.bench.cli",
     "dnnscaler.triton.cli",

@@ -36,7 +36,9 @@ def free_port() -> int:
 class Daemon:
     """One ``dnnscaler`` process; ``log`` collects its output."""
 
-    def __init__(self, logs: Path, name: str, *args: str) -> None:
+    def __init__(
+        self, logs: Path, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
         with self.log.open("ab") as out:
@@ -44,7 +46,7 @@ class Daemon:
                 [sys.executable, "-m", "dnnscaler.cli", "--log-level", "info", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
 
     def alive(self) -> bool:

@@ -15,8 +15,8 @@ from dnnscaler.core.types import InvalidValue
     [
         ({"report_interval_s": 0}, "report_interval_s"),
         ({"stale_after_s": 0.5}, "stale_after_s"),
-        ({"default_slo_ms": -1}, "latency_ms"),
-        ({"default_percentile": 100}, "percentile"),
+        ({"default_slo_ms": -1}, "default_slo_ms"),
+        ({"default_percentile": 100}, "default_percentile"),
         ({"default_policy": "nope"}, "default_policy"),
         ({"listen": "nohostport"}, "listen"),
     ],
@@ -46,4 +46,4 @@ def test_cli_reports_bad_config_with_exit_2(capsys: pytest.CaptureFixture[str]) 
     assert main(["controller", "--report-interval-s", "-1"]) == 2
     assert "report_interval_s" in capsys.readouterr().err
     assert main(["agent", "--sim-model", "bad-spec"]) == 2
-    assert "--sim-model" in capsys.readouterr().err
+    assert "--sim-model" in capsys.readouterr().err  # the flag that gave it

@@ -12,6 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+SHOWN_CHARS = 64  # how much of a refused value an error message quotes
+
+
+def shown(value: str, limit: int = SHOWN_CHARS) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters (an error that
+    echoes a 100 kB input back is itself a fault, #15)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class InvalidValue(ValueError):
     """A value failed validation; ``field`` names the offending field for error messages."""
