@@ -755,3 +755,61 @@ def test_a_planned_move_needs_its_gain_and_more_for_a_config_never_run() -> None
     untried = [here, PlanEntry(4, 3, 630.0)]  # +5 %, never run: not enough (15 %)
     assert policy._planned_move(untried, here, tried, exploring=False, cores_device=True) is None
     assert policy._planned_move([], here, tried, exploring=True, cores_device=True) is None
+
+
+def _explored_b4n3(here_tail_ms: float) -> tuple[DnnScalerPolicy, DnnScalerState]:
+    """12-06 CI run 32's shape: b8 n2 served ~710 rps at p99 24 ms (SLO 50 here), a planned
+    move explored b4 n3 (never run before), which serves the same load at ``here_tail_ms``."""
+    policy = DnnScalerPolicy()
+    k = Knobs(4, 3, 0)
+    surface = Surface()
+    for t in range(1, 8):
+        surface = surface.observe(
+            _window_obs(float(t), k, 710.0, 30.0, 0).window, 3, float(t), 60.0
+        )
+    left = ConfigRecord(8, 2, floor_rps=712.0, updated_s=0.0, tails=((712.0, 24.0),) * 6)
+    here = ConfigRecord(4, 3, floor_rps=708.0, updated_s=7.0, tails=((708.0, here_tail_ms),) * 4)
+    state = replace(
+        policy.initial_state(_window_obs(7.0, k, 710.0, here_tail_ms, 0)),
+        surface=surface,
+        target=k,
+        in_force_s=0.0,
+        records=(left, here),
+        exploring=True,
+        left=((8, 2, 0.0),),
+    )
+    return policy, state
+
+
+def _cpu(o: Observation, busy: float | None = 0.7) -> Observation:
+    return replace(o, window=replace(o.window, device_busy_share=busy))
+
+
+def test_an_exploration_with_a_worse_tail_at_the_same_load_goes_back_on_cores() -> None:
+    policy, state = _explored_b4n3(here_tail_ms=38.0)
+    d = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 710.0, 38.0, 0)), state)
+    assert d.knobs == Knobs(8, 2, 0), d.reason
+    assert d.reason.startswith("exploration beaten at the same load"), d.reason
+    beaten = {(r.max_batch_size, r.instances): r.beaten_by for r in d.state.records}
+    assert beaten[(4, 3)] == (8, 2)
+    # The plan now ranks the beaten exploration under the config it lost to, so a later
+    # planned move does not take the policy back to it.
+    obs = _cpu(_window_obs(9.0, Knobs(8, 2, 0), 710.0, 24.0, 0))
+    plan = {
+        (p.max_batch_size, p.instances): p.capacity_rps
+        for p in policy._replan(replace(d.state, plan_key=""), obs, 4, urgent=True).plan
+    }
+    assert plan[(4, 3)] <= 0.97 * plan[(8, 2)] + 1e-9
+
+
+def test_no_same_load_return_on_a_gpu_or_for_a_comparable_tail() -> None:
+    policy, state = _explored_b4n3(here_tail_ms=38.0)
+    gpu = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 710.0, 38.0, 0), None), state)
+    assert not gpu.reason.startswith("exploration beaten"), gpu.reason
+    policy, state = _explored_b4n3(here_tail_ms=28.0)  # 1.17 x: within the noise allowed
+    close = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 710.0, 28.0, 0)), state)
+    assert not close.reason.startswith("exploration beaten"), close.reason
+    # Measured at another load, the tails are not compared.
+    policy, state = _explored_b4n3(here_tail_ms=38.0)
+    far = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 900.0, 38.0, 0)), state)
+    assert not far.reason.startswith("exploration beaten"), far.reason

@@ -10,6 +10,7 @@ from dnnscaler.core.types import Knobs
 CLEAR_PASS = 0.9  # a window raises a config's floor only with its tail this far under the SLO
 CEILING_RESET = 1.1  # a clear pass this far above a ceiling clears it (the ceiling was noise)
 MAX_RECORDS = 32
+TAIL_SAMPLES = 8  # steady windows' (load, tail) kept per config for same-load comparisons
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class ConfigRecord:
     updated_s: float = 0.0
     tail_log_ratio: float = 0.0  # decayed mean of log(measured tail / predicted tail)
     tail_weight: float = 0.0
+    # The last steady windows under the SLO: (load rps, tail ms), oldest first.
+    tails: tuple[tuple[float, float], ...] = ()
+    # A config measured to serve the same load with a clearly better tail (see
+    # ``same_load_tail``): the plan ranks this one below it while the record lives.
+    beaten_by: tuple[int, int] | None = None
 
 
 def update_records(
@@ -33,11 +39,13 @@ def update_records(
     clear: bool,
     now_s: float,
     memory_s: float,
+    tail_ms: float | None = None,
 ) -> tuple[ConfigRecord, ...]:
     """``records`` with this window's measurement at ``knobs`` folded in (it goes last).
 
-    ``over``: the window broke the SLO at ``load``; ``clear``: it passed with margin.
-    Records older than ``memory_s`` are forgotten.
+    ``over``: the window broke the SLO at ``load``; ``clear``: it passed with margin;
+    ``tail_ms``: the window's tail, kept if it was steady and under the SLO. Records older
+    than ``memory_s`` are forgotten.
     """
     kept = [r for r in records if now_s - r.updated_s <= memory_s]
     key = (knobs.max_batch_size, knobs.instances)
@@ -52,9 +60,21 @@ def update_records(
             ceiling = 0.0
         floor = load if ceiling <= 0 else min(load, 0.97 * ceiling)
         rec = replace(rec, floor_rps=floor, ceiling_rps=ceiling)
+    if tail_ms is not None and not over:
+        rec = replace(rec, tails=(*rec.tails[-(TAIL_SAMPLES - 1) :], (load, tail_ms)))
     rec = replace(rec, updated_s=now_s)
     others = [r for r in kept if (r.max_batch_size, r.instances) != key]
     return (*others[-(MAX_RECORDS - 1) :], rec)
+
+
+def same_load_tail(rec: ConfigRecord, load: float, tolerance: float, least: int) -> float | None:
+    """The median tail ``rec`` measured at loads within ``tolerance`` (a share) of ``load``,
+    from at least ``least`` windows; None if it has fewer."""
+    near = sorted(t for x, t in rec.tails if abs(x - load) <= tolerance * load)
+    if len(near) < least:
+        return None
+    mid = len(near) // 2
+    return near[mid] if len(near) % 2 else 0.5 * (near[mid - 1] + near[mid])
 
 
 def contention_calibration(records: tuple[ConfigRecord, ...], n_max: int) -> tuple[float, ...]:

@@ -35,6 +35,7 @@ from dnnscaler.policies.config_records import (
     ConfigRecord,
     contention_calibration,
     rescale_records,
+    same_load_tail,
     update_records,
 )
 from dnnscaler.policies.latency_surface import Surface
@@ -59,6 +60,9 @@ MARGINAL_OVER = 1.2  # a single window this little over the SLO may be noise
 ROOMY = 1.25  # ... when the config is predicted to carry this many times the load
 BROKEN_AT = 1.05  # a ceiling under this many times the load: measured to break this load
 STALL_SHARE = 0.5  # a window serving under this share of the next one's rate was a stall
+SAME_LOAD = 0.1  # tails measured at loads this close (a share) are compared as like for like
+SAME_LOAD_WINDOWS = 3  # ... each config's median over at least this many steady windows
+WORSE_TAIL = 1.25  # an exploration whose median tail is this many times the one left's
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,14 @@ class DnnScalerPolicy:
         )
         clear = latency <= CLEAR_PASS * slo
         records = update_records(
-            state.records, target, load, over, clear, obs.now_s, self.record_memory_s
+            state.records,
+            target,
+            load,
+            over,
+            clear,
+            obs.now_s,
+            self.record_memory_s,
+            tail_ms=None if first else latency,
         )
         state = replace(
             state,
@@ -403,12 +414,36 @@ class DnnScalerPolicy:
             if state.exploring
             else {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
         )
+        cores_device = obs.window.device_busy_share is not None
+        back = self._beaten_exploration(state, target, load) if cores_device else None
+        if back is not None:
+            rec, here_tail, left_tail = back
+            # Mark the exploration beaten, so that the plan ranks it below the config left
+            # while its record lives (or, tried now, a 3 % predicted gain would send the
+            # policy back to it as soon as the back-off memory ends).
+            state = replace(
+                state,
+                records=tuple(
+                    replace(r, beaten_by=_key(rec)) if _key(r) == _key(target) else r
+                    for r in state.records
+                ),
+            )
+            entry = PlanEntry(rec.max_batch_size, rec.instances, caps.get(_key(rec), 0.0))
+            return self._move(
+                state,
+                obs,
+                entry,
+                n_fit,
+                f"exploration beaten at the same load (p{obs.slo.percentile:g} {here_tail:.1f}ms"
+                f" vs {left_tail:.1f}ms at b{rec.max_batch_size}n{rec.instances}, {load:.0f} rps):"
+                " ",
+            )
         chosen = self._planned_move(
             [p for p in state.plan if _key(p) not in left],
             PlanEntry(target.max_batch_size, target.instances, cur_cap),
             state.records,
             exploring=state.exploring,
-            cores_device=obs.window.device_busy_share is not None,
+            cores_device=cores_device,
         )
         if chosen is not None:
             recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
@@ -463,6 +498,37 @@ class DnnScalerPolicy:
             ):
                 return frugal
         return None
+
+    @staticmethod
+    def _beaten_exploration(
+        state: DnnScalerState, target: Knobs, load: float
+    ) -> tuple[ConfigRecord, float, float] | None:
+        """The config a planned move left for an exploration with more instances, if both
+        served about this load and the exploration's median tail was ``WORSE_TAIL`` times
+        the left one's: (its record, the exploration's tail, its tail).
+
+        Only on a device whose cores are its compute. There the contention prior (the known
+        GPUs' curves) can promise capacity from instances that only time-share the cores,
+        and at a load well under capacity no window breaks the SLO to refute it: both
+        configs pass, and the plan compares a floor (the load served) with a forecast. Their
+        tails at the same load are a measurement, like for like (12-06 CI run 32:
+        ``wide_mlp`` left b8 n2, p99 24 ms of a 54 ms SLO at 710 rps, for b4 n3 predicted
+        at 863 rps; b4 n3 then failed 849 rps where b8 n2 carried 1,212).
+        """
+        if not state.exploring or not state.left:
+            return None
+        b, n, _ = state.left[-1]
+        if n >= target.instances:
+            return None
+        recs = {_key(r): r for r in state.records}
+        here, left = recs.get(_key(target)), recs.get((b, n))
+        if here is None or left is None or 0 < left.ceiling_rps <= BROKEN_AT * load:
+            return None
+        here_tail = same_load_tail(here, load, SAME_LOAD, SAME_LOAD_WINDOWS)
+        left_tail = same_load_tail(left, load, SAME_LOAD, SAME_LOAD_WINDOWS)
+        if here_tail is None or left_tail is None or here_tail <= WORSE_TAIL * left_tail:
+            return None
+        return left, here_tail, left_tail
 
     @staticmethod
     def _retreat(
@@ -619,7 +685,7 @@ class DnnScalerPolicy:
                 ",".join(_q(x) for x in curve),
                 ",".join(
                     f"{r.max_batch_size}/{r.instances}/{_q(r.floor_rps)}/{_q(r.ceiling_rps)}"
-                    f"/{_q(math.exp(r.tail_log_ratio))}"
+                    f"/{_q(math.exp(r.tail_log_ratio))}/{r.beaten_by}"
                     for r in state.records
                 ),
             ]
@@ -666,6 +732,16 @@ class DnnScalerPolicy:
                     if r.ceiling_rps > 0:
                         cap = min(cap, 0.97 * r.ceiling_rps)
                 plan.append(PlanEntry(b, n, cap))
+        # A config beaten at the same load by another ranks just below it.
+        caps = {_key(p): p.capacity_rps for p in plan}
+        plan = [
+            replace(p, capacity_rps=min(p.capacity_rps, 0.97 * caps[beaten]))
+            if (r := recs.get(_key(p))) is not None
+            and (beaten := r.beaten_by) is not None
+            and beaten in caps
+            else p
+            for p in plan
+        ]
         # Every choice takes the highest capacity (``max`` keeps the first of equals), so
         # the order only breaks exact ties, as when one floor or ceiling sets several
         # configs' capacity: fewer instances, then smaller batches (less memory, less
