@@ -12,16 +12,7 @@ from typing import Any
 from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backend import Backend
 from dnnscaler.agents.config import BACKENDS, AgentConfig, parse_sim_model
-from dnnscaler.core.settings import (
-    DEFAULT,
-    ConfigError,
-    Resolved,
-    add_flags,
-    flags_of,
-    read_file,
-    resolve,
-    table_of,
-)
+from dnnscaler.core.settings import Resolved, add_flags, flags_of, resolve_file
 from dnnscaler.core.types import InvalidValue
 
 FLAG_NAMES = {"sim_models": "--sim-model"}
@@ -68,26 +59,13 @@ def resolve_config(
 ) -> Resolved:
     """The agent's settings: ``path``'s ``[agent]`` table, then ``env``, then ``flags``;
     the sim backend's models are checked against the known profiles here, before start."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        table = table_of(read_file(path) if doc is None else doc, path, "agent")
-    resolved = resolve(
-        AgentConfig,
-        table="agent",
-        file_values=table,
-        path=path,
-        env=env,
-        flags=flags,
-        flag_names=FLAG_NAMES,
-    )
+    resolved = resolve_file(AgentConfig, "agent", path, env, flags, FLAG_NAMES, doc)
     cfg: AgentConfig = resolved.value
     if cfg.backend == "sim":
         try:
             sim_specs(cfg)
         except InvalidValue as e:
-            src = resolved.origin.get(e.field, DEFAULT)
-            where = f"{path} [agent]" if src.startswith("file") else src
-            raise ConfigError(where, e.field, e.message) from None
+            raise resolved.blame(e, f"{path} [agent]") from None
     return resolved
 
 

@@ -15,15 +15,7 @@ from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.controller.store import StoreError
 from dnnscaler.core.logging import get_logger
-from dnnscaler.core.settings import (
-    DEFAULT,
-    Resolved,
-    add_flags,
-    flags_of,
-    read_file,
-    resolve,
-    table_of,
-)
+from dnnscaler.core.settings import DEFAULT, Resolved, add_flags, flags_of, resolve_file
 
 log = get_logger(__name__)
 
@@ -72,18 +64,7 @@ def resolve_config(
 ) -> Resolved:
     """The controller's settings: ``path``'s ``[controller]`` table, then ``env``, then
     ``flags``; an unset ``state_path`` goes under ``$STATE_DIRECTORY``."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        table = table_of(read_file(path) if doc is None else doc, path, "controller")
-    resolved = resolve(
-        ControllerConfig,
-        table="controller",
-        file_values=table,
-        path=path,
-        env=env,
-        flags=flags,
-        flag_names=FLAG_NAMES,
-    )
+    resolved = resolve_file(ControllerConfig, "controller", path, env, flags, FLAG_NAMES, doc)
     if resolved.origin["state_path"] == DEFAULT:
         where = default_state_path()
         origin = "$STATE_DIRECTORY" if where != ":memory:" else DEFAULT

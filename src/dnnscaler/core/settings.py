@@ -47,6 +47,12 @@ class Resolved:
     value: Any
     origin: dict[str, str]
 
+    def blame(self, e: InvalidValue, where_file: str) -> ConfigError:
+        """``e`` (a validation error) as a ``ConfigError`` naming where its field's value
+        came from: ``where_file`` for the file, else the variable, flag or default."""
+        src = self.origin.get(e.field, DEFAULT)
+        return ConfigError(where_file if src.startswith("file") else src, e.field, e.message)
+
     def rows(self) -> list[tuple[str, str, str]]:
         """(key, value as TOML would spell it, origin) per field, in declaration order."""
         return [
@@ -137,10 +143,33 @@ def resolve(
     try:
         value = cls(**values)
     except InvalidValue as e:
-        src = origin.get(e.field, DEFAULT)
-        where = where_file if src.startswith("file") else src
-        raise ConfigError(where, e.field, e.message) from None
+        raise Resolved(None, origin).blame(e, where_file) from None
     return Resolved(value, origin)
+
+
+def resolve_file(
+    cls: type[T],
+    table: str,
+    path: str | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+    doc: Mapping[str, Any] | None = None,
+) -> Resolved:
+    """``resolve`` with the file values read from ``path``'s ``[table]`` (``doc``: the
+    document already read from it), or none without a path."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = table_of(read_file(path) if doc is None else doc, path, table)
+    return resolve(
+        cls,
+        table=table,
+        file_values=values,
+        path=path,
+        env=env,
+        flags=flags,
+        flag_names=flag_names,
+    )
 
 
 def add_flags(
