@@ -25,7 +25,7 @@ from dnnscaler.core.types import (
 )
 from dnnscaler.policies.batch_law import BatchLaw
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
-from dnnscaler.policies.config_records import ConfigRecord, rescale_records
+from dnnscaler.policies.config_records import ConfigRecord, headroom_rps, rescale_records
 from dnnscaler.policies.dnnscaler_policy import (
     DnnScalerPolicy,
     DnnScalerState,
@@ -813,3 +813,80 @@ def test_no_same_load_return_on_a_gpu_or_for_a_comparable_tail() -> None:
     policy, state = _explored_b4n3(here_tail_ms=38.0)
     far = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 900.0, 38.0, 0)), state)
     assert not far.reason.startswith("exploration beaten"), far.reason
+
+
+def _b8n2_in_force(tail_ms: float, windows: int = 6) -> tuple[DnnScalerPolicy, DnnScalerState]:
+    """The landing CI of bd0142a: b8 n2 in force, serving ~713 rps at p99 ``tail_ms`` under
+    a 50 ms SLO; its plan capacity is its floor (the model under-predicts it)."""
+    policy = DnnScalerPolicy()
+    k = Knobs(8, 2, 0)
+    rec = ConfigRecord(8, 2, floor_rps=779.0, updated_s=25.0, tails=((713.0, tail_ms),) * windows)
+    state = replace(
+        policy.initial_state(_window_obs(25.0, k, 713.0, tail_ms, 0)),
+        target=k,
+        records=(ConfigRecord(16, 1, floor_rps=751.0), rec),
+    )
+    return policy, state
+
+
+def test_a_forecast_must_beat_the_headroom_of_a_config_passing_with_room_on_cores() -> None:
+    # b8 n2 served 713 rps at p99 14.6 ms of a 50 ms SLO; the plan put it at its floor (779)
+    # and b4 n2, never run, at a forecast of 1,044: the policy moved, and b4 n2 carried 0.64 x
+    # what b8 n2 did. Credited for its tail's room, b8 n2 holds.
+    policy, state = _b8n2_in_force(14.6)
+    credit = policy._headroom(state, Knobs(8, 2, 0), 713.0, 50.0)
+    assert credit == pytest.approx(713.0 * (0.95 * 50.0 / 14.6) ** (1 / 3))
+    here = PlanEntry(8, 2, 779.0)
+    plan = [PlanEntry(4, 2, 1044.0), here]
+    args = (plan, here, state.records)
+    assert policy._planned_move(*args, exploring=False, cores_device=True, headroom=credit) is None
+    # Without the credit (a GPU: bench sim was tuned without it), the forecast wins.
+    assert policy._planned_move(*args, exploring=False, cores_device=False) == plan[0]
+    # A forecast 15 % past the credit still moves, and a config run before is compared with
+    # the plan's capacity, not the credit (a measurement against a measurement).
+    far = [PlanEntry(4, 2, 1.16 * credit), here]
+    got = policy._planned_move(far, here, state.records, False, True, headroom=credit)
+    assert got == far[0]
+    tried = [PlanEntry(16, 1, 820.0), here]
+    got = policy._planned_move(tried, here, state.records, False, True, headroom=credit)
+    assert got == tried[0]
+
+
+def test_the_headroom_credit_needs_steady_windows_at_this_load_and_is_bounded() -> None:
+    policy, state = _b8n2_in_force(14.6, windows=2)  # under SAME_LOAD_WINDOWS
+    assert policy._headroom(state, Knobs(8, 2, 0), 713.0, 50.0) == 0.0
+    policy, state = _b8n2_in_force(14.6)
+    assert policy._headroom(state, Knobs(8, 2, 0), 900.0, 50.0) == 0.0  # another load
+    assert policy._headroom(state, Knobs(4, 2, 0), 713.0, 50.0) == 0.0  # never run
+    rec = ConfigRecord(8, 2, floor_rps=700.0)
+    assert headroom_rps(rec, 700.0, 47.5, 1.0, 3.0, 1.5) == pytest.approx(1050.0)  # at most 1.5x
+    assert headroom_rps(rec, 700.0, 47.5, 50.0, 3.0, 1.5) == 0.0  # no room: no credit
+    capped = replace(rec, ceiling_rps=800.0)
+    assert headroom_rps(capped, 700.0, 47.5, 10.0, 3.0, 1.5) == pytest.approx(0.97 * 800.0)
+
+
+def test_a_held_config_says_what_its_headroom_is_credited() -> None:
+    # Through decide: the landing CI's last plan (kept: re-planned under 5 s ago), a
+    # surface with evidence, b8 n2 in force long enough to move.
+    policy, state = _b8n2_in_force(14.6)
+    k = Knobs(8, 2, 0)
+    surface = Surface()
+    for t in range(1, 8):
+        surface = surface.observe(
+            _window_obs(float(t), k, 713.0, 14.6, 0).window, 2, float(t), 60.0
+        )
+    state = replace(
+        state,
+        surface=surface,
+        in_force_s=0.0,
+        changed_s=0.0,
+        plan=(PlanEntry(4, 2, 1044.0), PlanEntry(8, 2, 779.0)),
+        plan_key="50/99/4/16;the landing CI's",
+        plan_s=26.0,
+    )
+    obs = _window_obs(26.0, k, 713.0, 14.6, 0)
+    d = policy.decide(_cpu(obs), state)
+    assert d.knobs == k, d.reason
+    assert d.reason.startswith("holding, predicted capacity 779 rps, 1057 by its tail's headroom")
+    gpu = policy.decide(_cpu(obs, None), state)
+    assert gpu.knobs == Knobs(4, 2, 0), gpu.reason

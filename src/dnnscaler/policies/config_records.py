@@ -3,6 +3,7 @@ tail-model calibration, per (batch size, instance count), under the current SLO.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, replace
 
 from dnnscaler.core.types import Knobs
@@ -70,11 +71,27 @@ def update_records(
 def same_load_tail(rec: ConfigRecord, load: float, tolerance: float, least: int) -> float | None:
     """The median tail ``rec`` measured at loads within ``tolerance`` (a share) of ``load``,
     from at least ``least`` windows; None if it has fewer."""
-    near = sorted(t for x, t in rec.tails if abs(x - load) <= tolerance * load)
-    if len(near) < least:
-        return None
-    mid = len(near) // 2
-    return near[mid] if len(near) % 2 else 0.5 * (near[mid - 1] + near[mid])
+    near = [t for x, t in rec.tails if abs(x - load) <= tolerance * load]
+    return statistics.median(near) if len(near) >= max(1, least) else None
+
+
+def headroom_rps(
+    rec: ConfigRecord, load: float, bound_ms: float, tail_ms: float, root: float, most: float
+) -> float:
+    """What a config serving ``load`` with a steady tail of ``tail_ms`` is credited to carry
+    under a tail bound of ``bound_ms``: ``load`` times the ``root``-th root of the tail's
+    headroom, at most ``most`` times ``load`` and 0.97 of a ceiling measured.
+
+    A floor is only the load served: while the load stays under a config's capacity, a
+    config in force that passes with room to spare cannot show more, and a forecast for one
+    never run wins against it by default. The credit is a lower-bound guess, not a model:
+    see ``DnnScalerPolicy._planned_move`` for where it counts and the measurements behind
+    its root and cap.
+    """
+    if load <= 0 or tail_ms <= 0 or bound_ms <= tail_ms:
+        return 0.0
+    credit = load * min(most, (bound_ms / tail_ms) ** (1.0 / root))
+    return min(credit, 0.97 * rec.ceiling_rps) if rec.ceiling_rps > 0 else credit
 
 
 def contention_calibration(records: tuple[ConfigRecord, ...], n_max: int) -> tuple[float, ...]:
