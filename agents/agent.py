@@ -27,6 +27,7 @@ from dnnscaler.agents.backend import (
     ModelWindow,
 )
 from dnnscaler.agents.config import AgentConfig
+from dnnscaler.agents.metrics import AgentMetrics
 from dnnscaler.agents.telemetry import GpuIdentity, NvmlTelemetry
 from dnnscaler.core.convert import (
     knobs_from_pb,
@@ -37,6 +38,7 @@ from dnnscaler.core.convert import (
 )
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, Knobs
+from dnnscaler.security.credentials import channel_credentials, secure_channel
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = get_logger(__name__)
@@ -68,6 +70,7 @@ class Agent:
         self.backend = backend
         self.telemetry = telemetry if telemetry is not None else NvmlTelemetry(config.gpu_index)
         self.agent_id = config.resolved_id
+        self.metrics = AgentMetrics()
         self.log = log.bind(agent=self.agent_id, gpu=config.gpu_index)
         self.report_interval_s = config.report_interval_s
         self.progress: dict[str, _ModelProgress] = {}
@@ -92,6 +95,10 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop()``: (re)connect with exponential backoff, forever."""
+        if self.config.tls_ca:
+            # Unreadable key material is a configuration error, not a reason to retry.
+            cfg = self.config
+            channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         await self._ensure_backend()
         while not self._stop.is_set():
             retrying = tenacity.AsyncRetrying(
@@ -150,7 +157,21 @@ class Agent:
                 yield msg
 
         established = False
-        async with grpc.aio.insecure_channel(self.config.controller) as channel:
+        cfg = self.config
+        keepalive = (
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        )
+        async with secure_channel(
+            cfg.controller,
+            cfg.tls_ca,
+            cfg.tls_cert,
+            cfg.tls_key,
+            cfg.tls_server_name,
+            options=keepalive,
+        ) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(outgoing())
             reporter: asyncio.Task[None] | None = None
@@ -174,6 +195,8 @@ class Agent:
                     if kind == "welcome":
                         established = True
                         self.sessions += 1
+                        self.metrics.sessions.inc()
+                        self.metrics.connected.set(1)
                         if msg.welcome.report_interval_s > 0:
                             self.report_interval_s = msg.welcome.report_interval_s
                         self._outbox = outbox
@@ -195,6 +218,7 @@ class Agent:
             finally:
                 stopper.cancel()
                 self.connected.clear()
+                self.metrics.connected.set(0)
                 self._outbox = None
                 outbox.put_nowait(None)
                 if reporter is not None:
@@ -217,6 +241,7 @@ class Agent:
             prog.applied_generation = prog.in_progress[0]
             prog.in_progress = None
             self.log.info("apply_completed", model=info.name, generation=prog.applied_generation)
+            self.metrics.applies.labels(info.name, "ok").inc()
         ms = agent_pb2.ModelState(
             name=info.name,
             knobs=knobs_to_pb(info.knobs),
@@ -309,9 +334,11 @@ class Agent:
         else:
             for mw in obs.models:
                 rep.models.add(state=self._model_state(mw.info), window=window_to_pb(mw.window))
+                self.metrics.window(mw.info.name, mw.info.knobs, mw.window)
             rep.backend_available = self.backend_available
             rep.backend_message = self.backend_message
             own = obs.telemetry
+        self.metrics.backend_available.set(1 if rep.backend_available else 0)
         rep.gpu.CopyFrom(telemetry_to_pb(own if own is not None else self.telemetry.read()))
         return rep
 
@@ -418,7 +445,11 @@ class Agent:
         elif outcome.ok:
             prog.applied_generation = generation
             prog.in_progress = None
+        # "started": a background apply (a reload), counted "ok" when it lands.
+        kind = ("started" if outcome.in_progress else "ok") if outcome.ok else "failed"
+        self.metrics.applies.labels(model, kind).inc()
         if outcome.ok:
+            self.metrics.set_knobs(model, outcome.knobs_in_force)
             mlog.info(
                 "applied",
                 max_batch_size=outcome.knobs_in_force.max_batch_size,

@@ -12,8 +12,10 @@ from typing import Any
 from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backend import Backend
 from dnnscaler.agents.config import BACKENDS, AgentConfig, parse_sim_model
+from dnnscaler.core.sd_notify import Notifier, notify
 from dnnscaler.core.settings import Resolved, add_flags, flags_of, resolve_file
 from dnnscaler.core.types import InvalidValue
+from dnnscaler.security.credentials import channel_credentials
 
 FLAG_NAMES = {"sim_models": "--sim-model"}
 CHOICES = {"backend": BACKENDS}
@@ -35,6 +37,14 @@ HELPS = {
     " a Poisson load of RPS requests/s; repeatable (NAME=PROFILE@RPS)",
     "sim_profiles": "sim backend: a user profile file (JSON)",
     "sim_seed": "sim backend: random seed",
+    "tls_ca": "the CA that signed the controller's certificate (unset: plaintext, loopback only)",
+    "tls_cert": "this agent's certificate (its identity: `dnnscaler certs --agent ID`)",
+    "tls_key": "this agent's private key",
+    "tls_server_name": "verify the controller's certificate against this name",
+    "keepalive_s": "HTTP/2 pings on the controller stream this often",
+    "keepalive_timeout_s": "a ping unanswered this long breaks the stream (then: reconnect)",
+    "metrics_port": "Prometheus metrics port (0: off): knobs, windows, applies, connection",
+    "metrics_addr": "address the metrics port binds",
 }
 DEFAULT_SIM_MODELS = ("demo=imagenet/Mob-V1-025@200",)
 
@@ -104,12 +114,27 @@ def build_backend(cfg: AgentConfig) -> Backend:
 
 async def serve(config: AgentConfig, backend: Backend) -> None:
     agent = Agent(config, backend)
+    notifier = Notifier()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        notify("STOPPING=1", "STATUS=stopping")
+        agent.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.stop)
+        loop.add_signal_handler(sig, stop)
+    if config.tls_ca:
+        # Unreadable key material stops the agent before systemd hears it is ready.
+        channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
+    # Ready = running its loop: connecting (and reconnecting) is the agent's job, not a
+    # start-up condition (a controller down must not fail every agent unit's start).
+    if config.metrics_port:
+        agent.metrics.serve(config.metrics_port, config.metrics_addr)
+    notifier.ready(f"agent {agent.agent_id}: reporting to {config.controller}")
     try:
         await agent.run()
     finally:
+        await notifier.stopping()
         await backend.close()
 
 

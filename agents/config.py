@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from dnnscaler.core.types import InvalidValue, shown
+from dnnscaler.security.credentials import check_pair, is_loopback
 
 BACKENDS = ("sim", "triton")
 MAX_NAME_CHARS = 256  # what the controller accepts as an agent id (admin_checks)
@@ -52,10 +53,34 @@ class AgentConfig:
     sim_models: tuple[str, ...] = ()
     sim_profiles: str = ""
     sim_seed: int = 0
+    # TLS to the controller: the CA that signed its certificate, and this agent's own
+    # certificate and key (its identity: `dnnscaler certs --agent ID`). Without tls_ca the
+    # agent speaks plaintext, which only a loopback controller address allows.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    # The name to verify the controller's certificate against, if not the dialled host.
+    tls_server_name: str = ""
+    # HTTP/2 pings on the stream this often; one unanswered for keepalive_timeout_s breaks
+    # it (a partition is noticed even while nothing is sent), and the agent reconnects.
+    keepalive_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # Prometheus metrics on this port (0: off), bound to metrics_addr.
+    metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if ":" not in self.controller:
             raise InvalidValue("controller", f"expected HOST:PORT, got {shown(self.controller)}")
+        check_pair("tls_", self.tls_cert, self.tls_key)
+        if not self.tls_ca and not is_loopback(self.controller):
+            raise InvalidValue(
+                "tls_ca",
+                f"required for a controller that is not on loopback ({shown(self.controller)}):"
+                " plaintext is for one host only",
+            )
+        if self.tls_cert and not self.tls_ca:
+            raise InvalidValue("tls_ca", "required with tls_cert")
         for name in ("agent_id", "node"):
             v = getattr(self, name)
             if len(v) > MAX_NAME_CHARS or not v.isprintable() or (name == "node" and not v):
@@ -64,6 +89,8 @@ class AgentConfig:
                 )
         if self.gpu_index < 0:
             raise InvalidValue("gpu_index", "must be >= 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidValue("metrics_port", f"must be in 0..65535, got {self.metrics_port}")
         for name in (
             "report_interval_s",
             "backoff_initial_s",
@@ -71,6 +98,8 @@ class AgentConfig:
             "busy_retry_s",
             "busy_retry_interval_s",
             "backend_timeout_s",
+            "keepalive_s",
+            "keepalive_timeout_s",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

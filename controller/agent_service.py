@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from dnnscaler.controller.admin_checks import SHOWN_CHARS, check_name
+from dnnscaler.controller.auth import Guard, Refused, refuse_log
 from dnnscaler.controller.events import Event
 from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
@@ -42,8 +43,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         registry: Registry,
         controller_id: str | None = None,
         metrics: ControllerMetrics | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.registry = registry
+        self.guard = guard or Guard()
         self.metrics = metrics or ControllerMetrics()
         self.controller_id = controller_id or f"controller-{uuid.uuid4().hex[:8]}"
 
@@ -67,6 +70,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             check_name("hello.agent_id", hello.agent_id)
         except InvalidValue as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e.field}: {e.message}")
+        try:
+            self.guard.agent(context, hello.agent_id)
+        except Refused as e:
+            refuse_log("Connect", context, e)
+            await context.abort(e.code, e.message)
         record = self._register(hello)
         session = record.session
         bound = log.bind(agent=record.agent_id, gpu=record.gpu_index)

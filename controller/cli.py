@@ -15,7 +15,9 @@ from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.controller.store import StoreError
 from dnnscaler.core.logging import get_logger
+from dnnscaler.core.sd_notify import Notifier
 from dnnscaler.core.settings import DEFAULT, Resolved, add_flags, flags_of, resolve_file
+from dnnscaler.core.types import InvalidValue
 
 log = get_logger(__name__)
 
@@ -35,6 +37,14 @@ HELPS = {
     "state_path": "the state database (SQLite): settings, each loop's policy state, history;"
     " unset: controller.db in $STATE_DIRECTORY (systemd's StateDirectory=), else ':memory:'"
     " (nothing survives a restart)",
+    "tls_cert": "the controller's TLS certificate (PEM)",
+    "tls_key": "its private key",
+    "tls_client_ca": "the CA whose client certificates (agents, operators) are accepted",
+    "insecure": "plaintext, allowed only on a loopback listen address",
+    "admin_listen": "a second HOST:PORT, TLS without client certificates, for bearer tokens",
+    "admin_tokens": "operators' token hashes, one 'ROLE NAME sha256:HEX' per line",
+    "agent_allow": "an agent id allowed to connect (repeatable; none: any the CA signed)",
+    "reflection": "serve gRPC reflection",
 }
 
 
@@ -73,10 +83,18 @@ def resolve_config(
     return resolved
 
 
+def servable(resolved: Resolved, path: str | None) -> Resolved:
+    """``resolved``, if a controller may serve with it: TLS, or plaintext said explicitly."""
+    try:
+        resolved.value.check_transport()
+    except InvalidValue as e:
+        raise resolved.blame(e, path or "") from None
+    return resolved
+
+
 def config_from_args(args: argparse.Namespace) -> ControllerConfig:
-    cfg: ControllerConfig = resolve_config(
-        args.config, os.environ, flags_of(args, ControllerConfig)
-    ).value
+    resolved = resolve_config(args.config, os.environ, flags_of(args, ControllerConfig))
+    cfg: ControllerConfig = servable(resolved, args.config).value
     return cfg
 
 
@@ -88,11 +106,14 @@ async def serve(config: ControllerConfig) -> None:
         )
     controller = Controller(config)
     await controller.start()
+    notifier = Notifier()
+    notifier.ready(f"serving on {controller.address}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await notifier.stopping("health NOT_SERVING, draining in-flight calls")
     await controller.stop()
 
 

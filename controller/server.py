@@ -16,10 +16,13 @@ from grpc_reflection.v1alpha import reflection
 
 from dnnscaler.controller.admin_service import AdminService
 from dnnscaler.controller.agent_service import AgentService
+from dnnscaler.controller.auth import AdminAuthInterceptor, Guard
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.registry import Registry
 from dnnscaler.core.logging import get_logger
+from dnnscaler.security.credentials import server_credentials
+from dnnscaler.security.tokens import read_tokens
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 log = get_logger(__name__)
@@ -52,12 +55,18 @@ class Controller:
         self.config = config
         self.registry = Registry(config)
         self.metrics = ControllerMetrics()
-        self.agent_service = AgentService(self.registry, metrics=self.metrics)
+        self.guard = Guard(
+            secure=bool(config.tls_cert),
+            tokens=read_tokens(config.admin_tokens) if config.admin_tokens else {},
+            agent_allow=frozenset(config.agent_allow),
+        )
+        self.agent_service = AgentService(self.registry, metrics=self.metrics, guard=self.guard)
         self.admin_service = AdminService(self.registry)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.port: int = 0
+        self.admin_port: int = 0
 
     @property
     def address(self) -> str:
@@ -65,16 +74,38 @@ class Controller:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[_RequestIdInterceptor()])
+        cfg = self.config
+        cfg.check_transport()
+        # Credentials first: a file that cannot be read is a configuration error (exit 2),
+        # before anything binds.
+        mtls = (
+            server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+            if cfg.tls_cert
+            else None
+        )
+        tls = server_credentials(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        server = grpc.aio.server(
+            interceptors=[_RequestIdInterceptor(), AdminAuthInterceptor(self.guard)],
+            options=[
+                # Agents ping their stream (keepalive_s, down to 1 s in tests): never answer
+                # a ping with "too many pings", and ping back to find agents that vanished.
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+            ],
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_service, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        self.port = server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"listen: cannot bind {self.config.listen}")
+        if cfg.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+        self.port = self._bind(server, "listen", cfg.listen, mtls)
+        if cfg.admin_listen:
+            self.admin_port = self._bind(server, "admin_listen", cfg.admin_listen, tls)
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -85,8 +116,29 @@ class Controller:
         log.info(
             "controller_started",
             address=self.address,
+            admin_address=self.admin_address or None,
+            transport="mTLS" if cfg.tls_cert else "plaintext (loopback)",
+            admin_tokens=len(self.guard.tokens),
             controller_id=self.agent_service.controller_id,
         )
+
+    @staticmethod
+    def _bind(
+        server: grpc.aio.Server, name: str, address: str, creds: grpc.ServerCredentials | None
+    ) -> int:
+        port = (
+            server.add_secure_port(address, creds)
+            if creds is not None
+            else server.add_insecure_port(address)
+        )
+        if port == 0:
+            raise OSError(f"{name}: cannot bind {address}")
+        return port
+
+    @property
+    def admin_address(self) -> str:
+        host = self.config.admin_listen.rsplit(":", 1)[0]
+        return f"{host}:{self.admin_port}" if self.admin_port else ""
 
     async def _reap_forever(self) -> None:
         while True:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import json
 import math
 import re
@@ -54,6 +53,7 @@ from dnnscaler.agents.backend import (
 from dnnscaler.agents.host_cpu import HostCpuMeter
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, InvalidValue, KnobLimits, Knobs, WindowStats
+from dnnscaler.security.credentials import is_loopback
 from dnnscaler.triton.model_config import (
     ChangeKind,
     Config,
@@ -287,13 +287,7 @@ class TritonBackend:
         self._log.info("triton_backend.tracing", prefix=str(path))
 
     def _is_local(self) -> bool:
-        host = self.grpc_url.rsplit(":", 1)[0].strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.grpc_url)
 
     # -- discovery ---------------------------------------------------------------------
     async def list_models(self) -> list[ModelInfo]:

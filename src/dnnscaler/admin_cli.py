@@ -1,6 +1,7 @@
 """Admin verbs of the `dnnscaler` CLI: talk to the controller's AdminService.
 
-Exit codes: 0 ok, 2 invalid argument, 3 not found, 4 controller unreachable, 1 other error.
+Exit codes: 0 ok, 2 invalid argument, 3 not found, 4 controller unreachable, 5 refused
+(no or unknown credentials, or a role that may not make the call), 1 other error.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -22,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dnnscaler.core.types import SLO_LATENCY
+from dnnscaler.security.credentials import check_pair, secure_channel
+from dnnscaler.security.tokens import read_token_file
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 EXIT_CODES = {
@@ -30,6 +34,8 @@ EXIT_CODES = {
     grpc.StatusCode.NOT_FOUND: 3,
     grpc.StatusCode.UNAVAILABLE: 4,
     grpc.StatusCode.DEADLINE_EXCEEDED: 4,
+    grpc.StatusCode.UNAUTHENTICATED: 5,
+    grpc.StatusCode.PERMISSION_DENIED: 5,
 }
 
 
@@ -38,6 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--controller", default="127.0.0.1:50051", help="controller HOST:PORT")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.add_argument("--timeout-s", type=float, default=5.0)
+        sec = p.add_argument_group(
+            "credentials",
+            "TLS and the operator's identity (unset: plaintext, loopback only). Each also"
+            " reads DNNSCALER_ADMIN_<NAME>, e.g. DNNSCALER_ADMIN_TOKEN_FILE.",
+        )
+        for flag, what in (
+            ("ca", "the CA that signed the controller's certificate"),
+            ("cert", "an operator certificate (`dnnscaler certs --admin NAME:ROLE`)"),
+            ("key", "its private key"),
+            ("token-file", "a file holding a bearer token (the controller's admin_listen)"),
+            ("server-name", "verify the controller's certificate against this name"),
+        ):
+            env = "DNNSCALER_ADMIN_" + flag.upper().replace("-", "_")
+            sec.add_argument(f"--{flag}", default=os.environ.get(env, ""), help=f"{what} [{env}]")
 
     p = sub.add_parser("status", help="agents and models known to the controller")
     common(p)
@@ -144,7 +164,7 @@ def watch(a: argparse.Namespace) -> int:
         """True: stopped by a signal."""
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(a.controller) as ch:
+        async with channel(a) as ch:
             stub = admin_pb2_grpc.AdminServiceStub(ch)
             call = stub.Watch(admin_pb2.WatchRequest(model=a.model, agent_id=a.agent))
 
@@ -200,9 +220,17 @@ def since_arg(text: str) -> float:
     return when.timestamp()
 
 
+def channel(a: argparse.Namespace) -> grpc.aio.Channel:
+    """The admin channel the flags describe (plaintext without --ca: loopback only)."""
+    token = read_token_file(a.token_file) if a.token_file else ""
+    cert, key = a.cert, a.key
+    check_pair("", cert, key)
+    return secure_channel(a.controller, a.ca, cert, key, a.server_name, token)
+
+
 def _run(args: argparse.Namespace, fn: Callable[[Any, argparse.Namespace], Awaitable[Any]]) -> int:
     async def go() -> Any:
-        async with grpc.aio.insecure_channel(args.controller) as ch:
+        async with channel(args) as ch:
             stub = admin_pb2_grpc.AdminServiceStub(ch)
             return await fn(stub, args)
 

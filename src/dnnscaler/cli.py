@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "dnnscaler.agents.cli",
     "dnnscaler.admin_cli",
     "dnnscaler.config_cli",
+    "dnnscaler.security.certs",
     "dnnscaler.demo",
     "dnnscaler.bench.cli",
     "dnnscaler.triton.cli",

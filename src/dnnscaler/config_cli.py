@@ -16,7 +16,12 @@ Resolver = Callable[[str, Mapping[str, str], Mapping[str, Any], Mapping[str, Any
 
 def _resolvers() -> dict[str, Resolver]:
     from dnnscaler.agents.cli import resolve_config as agent
-    from dnnscaler.controller.cli import resolve_config as controller
+    from dnnscaler.controller.cli import resolve_config, servable
+
+    def controller(
+        path: str, env: Mapping[str, str], flags: Mapping[str, Any], doc: Mapping[str, Any]
+    ) -> Resolved:
+        return servable(resolve_config(path, env, flags, doc), path)
 
     return {"controller": controller, "agent": agent}
 

@@ -264,7 +264,11 @@ async def run_demo(
     total_s = steps * step_s
     controller = Controller(
         ControllerConfig(
-            listen="127.0.0.1:0", report_interval_s=1.0, default_policy=policy, grace_s=1.0
+            listen="127.0.0.1:0",
+            report_interval_s=1.0,
+            default_policy=policy,
+            grace_s=1.0,
+            insecure=True,  # the demo's controller and agent share this host's loopback
         )
     )
     await controller.start()

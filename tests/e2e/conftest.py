@@ -42,6 +42,7 @@ def controller_config() -> ControllerConfig:
         stale_after_s=3.0,
         default_policy="aimd",
         grace_s=0.5,
+        insecure=True,
     )
 
 

@@ -16,10 +16,11 @@ import grpc
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``dnnscaler ARGS`` as a user runs it: exit code, stdout and stderr."""
+def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``dnnscaler ARGS`` as a user runs it: exit code, stdout and stderr (``prefix``: a
+    command to run it under, e.g. ``ip netns exec NS``)."""
     return subprocess.run(
-        [sys.executable, "-m", "dnnscaler.cli", *args],
+        [*prefix, sys.executable, "-m", "dnnscaler.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -37,13 +38,18 @@ class Daemon:
     """One ``dnnscaler`` process; ``log`` collects its output."""
 
     def __init__(
-        self, logs: Path, name: str, *args: str, env: dict[str, str] | None = None
+        self,
+        logs: Path,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dnnscaler.cli", "--log-level", "info", *args],
+                [*prefix, sys.executable, "-m", "dnnscaler.cli", "--log-level", "info", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -73,23 +79,58 @@ class Daemon:
 
 
 def controller(logs: Path, address: str, *args: str, name: str = "controller") -> Daemon:
-    return Daemon(logs, name, "controller", "--listen", address, *args)
+    """A controller on ``address``, plaintext (loopback: the tests' own host)."""
+    return Daemon(logs, name, "controller", "--listen", address, "--insecure", *args)
 
 
 def sim_agent(logs: Path, address: str, agent_id: str, *models: str) -> Daemon:
     """An agent with a simulated GPU (the only fake) serving ``NAME=PROFILE@RPS`` models."""
     sims = [arg for m in models for arg in ("--sim-model", m)]
+    return Daemon(logs, agent_id, *_sim_agent_args(address, agent_id), *sims)
+
+
+def _sim_agent_args(address: str, agent_id: str) -> tuple[str, ...]:
+    return ("agent", "--controller", address, "--agent-id", agent_id, "--backend", "sim")
+
+
+def tls_args(tls: Path) -> tuple[str, ...]:
+    """A controller's TLS flags for the files ``dnnscaler certs --out tls`` made."""
+    return (
+        "--tls-cert",
+        str(tls / "controller.pem"),
+        "--tls-key",
+        str(tls / "controller.key"),
+        "--tls-client-ca",
+        str(tls / "ca.pem"),
+    )
+
+
+def tls_sim_agent(
+    logs: Path,
+    name: str,
+    address: str,
+    agent_id: str,
+    tls: Path,
+    cert: Path,
+    *extra: str,
+    prefix: tuple[str, ...] = (),
+) -> Daemon:
+    """A sim agent speaking mTLS: the CA in ``tls/ca.pem``, its certificate ``cert`` (.pem,
+    with the key beside it as .key)."""
     return Daemon(
         logs,
-        agent_id,
-        "agent",
-        "--controller",
-        address,
-        "--agent-id",
-        agent_id,
-        "--backend",
-        "sim",
-        *sims,
+        name,
+        *_sim_agent_args(address, agent_id),
+        "--tls-ca",
+        str(tls / "ca.pem"),
+        "--tls-cert",
+        str(cert.with_suffix(".pem")),
+        "--tls-key",
+        str(cert.with_suffix(".key")),
+        "--backoff-max-s",
+        "1",
+        *extra,
+        prefix=prefix,
     )
 
 

@@ -56,7 +56,9 @@ def test_check_refuses_a_bad_file_naming_field_and_file(tmp_path: Path) -> None:
 def test_a_bad_config_stops_the_daemon_before_it_serves(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "controller.toml"
-    cfg.write_text(f'[controller]\nlisten = "127.0.0.1:{port}"\nstale_after_s = -1\n')
+    cfg.write_text(
+        f'[controller]\nlisten = "127.0.0.1:{port}"\ninsecure = true\nstale_after_s = -1\n'
+    )
     d = Daemon(tmp_path, "controller", "controller", "--config", str(cfg))
     try:
         assert d.proc.wait(30) == 2, d.tail()
@@ -89,6 +91,7 @@ def test_controller_and_agent_run_from_their_files(tmp_path: Path) -> None:
     ctl_cfg.write_text(
         "[controller]\n"
         f'listen = "{address}"\n'
+        "insecure = true\n"
         f'state_path = "{db}"\n'
         "default_slo_ms = 42.5\n"
         "default_percentile = 95\n"

@@ -69,6 +69,7 @@ async def test_agent_reports_a_down_then_hung_triton_and_recovers(tmp_path: Path
             stale_after_s=STALE_AFTER_S,
             default_policy="static",
             grace_s=0.5,
+            insecure=True,
         )
     )
     await controller.start()

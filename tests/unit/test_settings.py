@@ -108,7 +108,7 @@ def test_an_unset_state_path_goes_under_the_state_directory(
         ("metrics_port = 1.5", "metrics_port", "must be an integer"),
         ('default_policy = "fastest"', "default_policy", "unknown policy 'fastest'"),
         ("stale_after_s = 0.5", "stale_after_s", "larger than report_interval_s"),
-        ("lisen = '127.0.0.1:1'", "lisen", "unknown key; valid keys: apply_timeout_s"),
+        ("lisen = '127.0.0.1:1'", "lisen", "unknown key (did you mean 'listen'?); valid keys: "),
         ('listen = "' + "x" * 100_000 + '"', "listen", "expected HOST:PORT"),
     ],
 )

@@ -340,6 +340,7 @@ async def run_staircase(
             default_slo_ms=slo.latency_ms,
             default_percentile=slo.percentile,
             grace_s=0.5,
+            insecure=True,  # one host: the benchmark's own loopback
         )
     )
     await controller.start()
@@ -1036,6 +1037,7 @@ async def converge(
             default_slo_ms=slo.latency_ms,
             default_percentile=slo.percentile,
             grace_s=0.5,
+            insecure=True,  # one host: the benchmark's own loopback
         )
     )
     await controller.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import tomllib
 import types
@@ -115,8 +116,10 @@ def resolve(
     origin = {k: DEFAULT for k in fields}
     for key, raw in (file_values or {}).items():
         if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(
-                where_file, key, f"unknown key; valid keys: {', '.join(sorted(fields))}"
+                where_file, key, f"unknown key{hint}; valid keys: {', '.join(sorted(fields))}"
             )
         values[key] = _from_toml(hints[key], raw, where_file, key)
         origin[key] = f"file {path}" if path is not None else "file"
