@@ -5,6 +5,7 @@ Certificates come from ``dnnscaler certs`` itself (the development CA)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -16,7 +17,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
+from dnnscaler.controller.config import ControllerConfig
+from dnnscaler.controller.server import Controller
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 from .processes import Daemon, free_port, run_cli, tls_args, tls_sim_agent
@@ -283,3 +289,39 @@ def test_unsafe_or_broken_security_settings_stop_the_daemons(tmp_path: Path) -> 
         assert expect in r.stderr, (args, r.stderr)
     r = run_cli("agent", "--controller", "198.18.0.1:50051", "--backend", "sim")
     assert r.returncode == 2 and "tls_ca: required for a controller that is not on" in r.stderr
+
+
+def test_reflection_over_mtls_lists_the_services_as_grpcurl_would(fleet: Fleet) -> None:
+    # What `grpcurl -cacert ca.pem -cert admin-ops.pem -key admin-ops.key HOST:PORT list`
+    # does (docs/operations.md): server reflection over mTLS with an operator certificate.
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=fleet.pem("ca.pem"),
+        private_key=fleet.pem("admin-ops.key"),
+        certificate_chain=fleet.pem("admin-ops.pem"),
+    )
+    with grpc.secure_channel(fleet.address, creds) as ch:
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {"dnnscaler.v1.AdminService", "dnnscaler.v1.AgentService"} <= services, services
+
+
+async def test_reflection_can_be_turned_off() -> None:
+    controller = Controller(ControllerConfig(listen="127.0.0.1:0", insecure=True, reflection=False))
+    await controller.start()
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        def reflect() -> grpc.StatusCode:
+            # The reflection client is synchronous: off the event loop the controller runs on.
+            with grpc.insecure_channel(controller.address) as ch:
+                try:
+                    ProtoReflectionDescriptorDatabase(ch).get_services()
+                except grpc.RpcError as e:
+                    return e.code()
+            return grpc.StatusCode.OK
+
+        assert await asyncio.to_thread(reflect) == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await controller.stop()
