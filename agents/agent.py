@@ -38,7 +38,7 @@ from dnnscaler.core.convert import (
 )
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import GpuTelemetry, Knobs
-from dnnscaler.security.credentials import channel_credentials, secure_channel
+from dnnscaler.security.credentials import secure_channel
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = get_logger(__name__)
@@ -95,10 +95,6 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop()``: (re)connect with exponential backoff, forever."""
-        if self.config.tls_ca:
-            # Unreadable key material is a configuration error, not a reason to retry.
-            cfg = self.config
-            channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         await self._ensure_backend()
         while not self._stop.is_set():
             retrying = tenacity.AsyncRetrying(

@@ -91,20 +91,20 @@ class Guard:
             if who is None:
                 raise Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
         else:
-            admins = [i for i in peer_identities(context) if i.kind == "admin"]
-            if admins:
-                who = max(admins, key=lambda i: i.role == "rw")
-            elif self.secure or self.tokens:
-                agent = any(i.kind == "agent" for i in peer_identities(context))
-                raise Refused(
-                    grpc.StatusCode.PERMISSION_DENIED if agent else grpc.StatusCode.UNAUTHENTICATED,
-                    "an agent certificate carries no admin role"
-                    if agent
-                    else "admin calls need a client certificate with an admin role or a bearer"
-                    " token",
-                )
-            else:
+            peers = peer_identities(context)
+            admins = [i for i in peers if i.kind == "admin"]
+            if not admins and not (self.secure or self.tokens):
                 return None
+            if any(i.kind == "agent" for i in peers) and not admins:
+                raise Refused(
+                    grpc.StatusCode.PERMISSION_DENIED, "an agent certificate carries no admin role"
+                )
+            if not admins:
+                raise Refused(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "admin calls need a client certificate with an admin role or a bearer token",
+                )
+            who = max(admins, key=lambda i: i.role == "rw")
         if method not in READ_ONLY and who.role != "rw":
             raise Refused(
                 grpc.StatusCode.PERMISSION_DENIED, f"{who} may only read; {method} changes state"

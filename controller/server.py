@@ -78,12 +78,11 @@ class Controller:
         cfg.check_transport()
         # Credentials first: a file that cannot be read is a configuration error (exit 2),
         # before anything binds.
-        mtls = (
+        mtls, tls = (
             server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
             if cfg.tls_cert
-            else None
+            else (None, None)
         )
-        tls = server_credentials(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         server = grpc.aio.server(
             interceptors=[_RequestIdInterceptor(), AdminAuthInterceptor(self.guard)],
             options=[

@@ -50,15 +50,16 @@ def check_pair(prefix: str, cert: str, key: str) -> None:
         raise InvalidValue(missing, f"must be set with {prefix}{'cert' if cert else 'key'}")
 
 
-def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
-    """TLS for a listener; with ``client_ca`` every client must present a certificate that
-    CA signed (mTLS: gRPC offers require-and-verify or do-not-ask, nothing between)."""
+def server_credentials(
+    cert: str, key: str, client_ca: str
+) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:
+    """(mTLS, TLS) for the two listeners, from one read of the files: with mTLS every client
+    must present a certificate ``client_ca`` signed; plain TLS asks for none (gRPC offers
+    require-and-verify or do-not-ask, nothing between)."""
     pair = (read_pem("tls_key", key), read_pem("tls_cert", cert))
-    if not client_ca:
-        return grpc.ssl_server_credentials([pair])
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=read_pem("tls_client_ca", client_ca), require_client_auth=True
-    )
+    ca = read_pem("tls_client_ca", client_ca)
+    mtls = grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
+    return mtls, grpc.ssl_server_credentials([pair])
 
 
 def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
