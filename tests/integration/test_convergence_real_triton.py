@@ -16,20 +16,13 @@ from typing import Any
 import pytest
 
 from dnnscaler.bench import metrics as m
+from dnnscaler.bench.config import BenchConfig
+from dnnscaler.bench.converge import Converged, converge
 from dnnscaler.bench.host_load import HostLoad, HostMeter, busy_phases
-from dnnscaler.bench.triton_bench import (
-    BenchServer,
-    Converged,
-    ServerStalled,
-    TritonBenchConfig,
-    UpstreamDefectError,
-    apply_and_wait,
-    converge,
-    oracle_sweep,
-    side_by_side,
-    start_server,
-    unit_latency_ms,
-)
+from dnnscaler.bench.probes import apply_and_wait, unit_latency_ms
+from dnnscaler.bench.retries import ServerStalled, UpstreamDefectError
+from dnnscaler.bench.sweep import oracle_sweep, side_by_side
+from dnnscaler.bench.triton_adapter import TRITON, TritonServer, start_server
 from dnnscaler.core.types import Knobs, Slo
 
 # A model is measured again, once, on a fresh server when its attempt could not measure the
@@ -93,7 +86,7 @@ NOISY_CPUS = 0.2  # CPUs' worth used outside the test in a phase that voids an a
 NOISY_WINDOW_CPUS = 0.5  # ... or in one control window of the converge phase
 
 CFG = replace(
-    TritonBenchConfig(),
+    BenchConfig(),
     batch_grid=(1, 8),
     instance_grid=(1, 2, 4),
     probe_s=2.5,
@@ -119,12 +112,12 @@ class Outcome:
     slowed: str | None = None
 
 
-async def _measure(srv: BenchServer, model: str) -> Outcome:
+async def _measure(srv: TritonServer, model: str) -> Outcome:
     """Speed reading and SLO, oracle sweep, 30 windows of the controller at 0.6 x the
     oracle, a second speed reading, then both configs side by side on one rising ladder,
     then a last speed reading; on one server."""
     start = next(i for i in await srv.setup.list_models() if i.name == model).knobs
-    speed = {"start": await unit_latency_ms(srv.grpc_url, model)}
+    speed = {"start": await unit_latency_ms(TRITON, srv, model)}
     slo = Slo(latency_ms=round(SLO_UNITS[model] * speed["start"], 1), percentile=99.0)
     print(f"{model}: unit latency {speed['start']:.2f} ms at {start}: SLO {slo.latency_ms} ms")
     t0 = time.monotonic()
@@ -144,14 +137,13 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         return phases
 
     # Pruned: configs that cannot beat the best so far are not bisected (the same pick).
-    sweep = await oracle_sweep(srv.grpc_url, srv.setup, model, slo, CFG, prune=True)
+    sweep = await oracle_sweep(TRITON, srv, model, slo, CFG, prune=True)
     best = max(sweep, key=lambda c: c.capacity_rps)
     assert best.capacity_rps > 0
     lap("sweep")
     run = await converge(
-        srv.grpc_url,
-        srv.metrics_url,
-        srv.setup,
+        TRITON,
+        srv,
         model,
         "dnnscaler",
         start,
@@ -168,7 +160,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host, slo, speed)
     # The policy decided at the speed the sweep saw: read it again at the start config.
     await apply_and_wait(srv.setup, model, start)
-    speed["converged"] = await unit_latency_ms(srv.grpc_url, model)
+    speed["converged"] = await unit_latency_ms(TRITON, srv, model)
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
         # two noises (11-30 07:45 in CI: b8 n2 against b8 n2 read 886 and 1,024 rps).
@@ -183,8 +175,8 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
     slowed = None
     for frac in (0.75, 0.4):
         ours, theirs, ladder = await side_by_side(
-            srv.grpc_url,
-            srv.setup,
+            TRITON,
+            srv,
             model,
             knobs,
             best.knobs,
@@ -210,7 +202,7 @@ async def _measure(srv: BenchServer, model: str) -> Outcome:
         )
     await apply_and_wait(srv.setup, model, start)
     lap("ladder")
-    speed["end"] = await unit_latency_ms(srv.grpc_url, model)
+    speed["end"] = await unit_latency_ms(TRITON, srv, model)
     return Outcome(run, best.knobs, ours, theirs, ladder, phases, host, slo, speed, slowed)
 
 
@@ -255,7 +247,7 @@ def _noisy(out: Outcome) -> str | None:
     return None
 
 
-async def _server_failure(srv: BenchServer) -> str | None:
+async def _server_failure(srv: TritonServer) -> str | None:
     """Why the server cannot be trusted any more (crashed, or not answering), or None."""
     import tritonclient.grpc.aio as grpcclient
 

@@ -14,10 +14,24 @@ from typing import Any
 import pytest
 
 from dnnscaler.agents.backend import ModelInfo
+from dnnscaler.bench import harness, triton_adapter
 from dnnscaler.bench import metrics as m
 from dnnscaler.bench import triton_bench as tb
 from dnnscaler.bench.cli import register
+from dnnscaler.bench.config import BenchConfig
+from dnnscaler.bench.harness import BenchResult, parse_grid
+from dnnscaler.bench.probes import unit_latency_ms
 from dnnscaler.bench.report import markdown_tables
+from dnnscaler.bench.retries import (
+    STALL_WINDOWS,
+    UpstreamDefectError,
+    describe_error,
+    run_error,
+    server_stall,
+)
+from dnnscaler.bench.staircase import OnlineRun
+from dnnscaler.bench.sweep import ConfigCapacity
+from dnnscaler.bench.triton_adapter import TRITON, TritonServer
 from dnnscaler.core.types import KnobLimits, Knobs
 from dnnscaler.triton.launcher import describe_death
 
@@ -40,7 +54,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ],
 )
 def test_parse_grid(text: str, want: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
-    assert tb.parse_grid(text) == want
+    assert parse_grid(text) == want
 
 
 @pytest.mark.parametrize(
@@ -60,16 +74,16 @@ def test_parse_grid(text: str, want: tuple[tuple[int, ...], tuple[int, ...]]) ->
 )
 def test_parse_grid_rejects(text: str, says: str) -> None:
     with pytest.raises(ValueError) as err:
-        tb.parse_grid(text)
+        parse_grid(text)
     assert says in str(err.value)
 
 
 @pytest.fixture
 def no_bench(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def fake_run_triton_bench(*a: Any, **k: Any) -> Any:
+    async def fake_run_bench(*a: Any, **k: Any) -> Any:
         raise AssertionError("a bad option must stop before the bench starts")
 
-    monkeypatch.setattr(tb, "run_triton_bench", fake_run_triton_bench)
+    monkeypatch.setattr(harness, "run_bench", fake_run_bench)
 
 
 @pytest.mark.usefixtures("no_bench")
@@ -100,14 +114,14 @@ def test_bad_options_exit_2(
 def test_options_reach_the_config() -> None:
     args = _args(["--quick", "--grid", "2,8x1,3", "--step-frac", "0.2", "--step-windows", "6"])
     cfg = tb.config_from_args(args)
-    assert isinstance(cfg, tb.TritonBenchConfig)
+    assert isinstance(cfg, BenchConfig)
     assert cfg.batch_grid == (2, 8) and cfg.instance_grid == (1, 3)
     assert cfg.staircase.step_frac == 0.2 and cfg.staircase.step_windows == 6
     assert cfg.retries == 1
     no_retry = tb.config_from_args(_args(["--retries", "0"]))
-    assert isinstance(no_retry, tb.TritonBenchConfig) and no_retry.retries == 0
+    assert isinstance(no_retry, BenchConfig) and no_retry.retries == 0
     quick = tb.config_from_args(_args(["--quick", "--step-frac", "0.5"]))
-    assert isinstance(quick, tb.TritonBenchConfig)
+    assert isinstance(quick, BenchConfig)
     assert quick.staircase.step_windows == 4  # --quick's own, not the full bench's
 
 
@@ -139,25 +153,25 @@ class Fakes:
     @contextlib.asynccontextmanager
     async def start_server(
         self, repo: Path, models: Sequence[str], workdir: Path
-    ) -> AsyncIterator[tb.BenchServer]:
+    ) -> AsyncIterator[TritonServer]:
         assert workdir not in self.workdirs, "every server gets its own workdir"
         self.workdirs.append(workdir)
-        yield tb.BenchServer(f"fake:{len(self.workdirs)}", None, FakeSetup())
+        yield TritonServer(f"fake:{len(self.workdirs)}", None, FakeSetup())
 
     async def oracle_sweep(
-        self, url: str, backend: Any, model: str, *a: Any, **k: Any
-    ) -> list[tb.ConfigCapacity]:
+        self, adapter: Any, server: Any, model: str, *a: Any, **k: Any
+    ) -> list[ConfigCapacity]:
         if model in self.failing_oracles:
             raise TimeoutError("DEADLINE_EXCEEDED")
         return [
-            tb.ConfigCapacity(Knobs(1, 1, 0), 40.0),
-            tb.ConfigCapacity(Knobs(8, 2, 2000), 100.0),
+            ConfigCapacity(Knobs(1, 1, 0), 40.0),
+            ConfigCapacity(Knobs(8, 2, 2000), 100.0),
         ]
 
     async def run_staircase(
-        self, url: str, metrics_url: Any, setup: Any, model: str, policy: str, start: Knobs,
+        self, adapter: Any, server: Any, model: str, policy: str, start: Knobs,
         *a: Any, **k: Any,
-    ) -> tb.OnlineRun:  # fmt: skip
+    ) -> OnlineRun:  # fmt: skip
         self.staircase_calls.append((model, policy))
         if self.out is not None and (self.out / "results.json").exists():
             doc = json.loads((self.out / "results.json").read_text())
@@ -168,12 +182,13 @@ class Fakes:
             self.failing_once.discard(policy)
             raise RuntimeError("boom: server went away")
         steps = [m.StepResult(50.0, 10.0, True), m.StepResult(60.0, 90.0, False)]
-        return tb.OnlineRun(policy, [], [], steps, 1, 0, "batching", Knobs(8, 2, 2000))
+        return OnlineRun(policy, [], [], steps, 1, 0, "batching", Knobs(8, 2, 2000))
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(tb, "start_server", self.start_server)
-        monkeypatch.setattr(tb, "oracle_sweep", self.oracle_sweep)
-        monkeypatch.setattr(tb, "run_staircase", self.run_staircase)
+        # Where the Triton adapter and the harness look them up.
+        monkeypatch.setattr(triton_adapter, "start_server", self.start_server)
+        monkeypatch.setattr(harness, "oracle_sweep", self.oracle_sweep)
+        monkeypatch.setattr(harness, "run_staircase", self.run_staircase)
 
 
 POLICIES = ("dnnscaler", "aimd", "static-default", "oracle")
@@ -187,7 +202,7 @@ async def test_a_failed_run_is_recorded_and_the_bench_goes_on(
     cfg = tb.quick_config(["serial_io"])
     cfg = replace(cfg, policies=POLICIES)
     progress: list[str] = []
-    updates: list[tb.TritonBenchResult] = []
+    updates: list[BenchResult] = []
     res = await tb.run_triton_bench(cfg, progress=progress.append, on_update=updates.append)
 
     assert [r.policy for r in res.records] == list(POLICIES)
@@ -291,9 +306,9 @@ class FakeTriton:
 
 
 def test_error_descriptions() -> None:
-    alive = tb.BenchServer("u", None, FakeSetup(), FakeTriton(running=True))
+    alive = TritonServer("u", None, FakeSetup(), FakeTriton(running=True))
     assert alive.death_note() is None
-    dead = tb.BenchServer("u", None, FakeSetup(), FakeTriton(running=False))
+    dead = TritonServer("u", None, FakeSetup(), FakeTriton(running=False))
     note = dead.death_note()
     assert note == (
         "tritonserver is no longer running (exit code -11; log tail: I1 loaded | Signal (11)"
@@ -301,17 +316,15 @@ def test_error_descriptions() -> None:
     )
     exc = RuntimeError("first line\nsecond line")
     exc.add_note(note)
-    text = tb.describe_error(exc)
+    text = describe_error(exc)
     assert text.startswith("RuntimeError: first line | second line | tritonserver is no")
     assert "\n" not in text
-    assert tb.describe_error(TimeoutError()) == "TimeoutError"
-    assert len(tb.describe_error(ValueError("x" * 5000))) == 800
+    assert describe_error(TimeoutError()) == "TimeoutError"
+    assert len(describe_error(ValueError("x" * 5000))) == 800
 
 
 def test_server_stall_is_noted_only_for_a_long_silence_under_load() -> None:
     from dnnscaler.bench.online import WindowRecord
-    from dnnscaler.bench.triton_bench import STALL_WINDOWS, server_stall
-    from dnnscaler.core.types import Knobs
 
     def w(t: float, rate: float, done: int) -> WindowRecord:
         return WindowRecord(t, rate, 50.0, done, 0, float(done), None, Knobs(8, 2), "x", False)
@@ -329,8 +342,6 @@ def test_server_stall_is_noted_only_for_a_long_silence_under_load() -> None:
 
 def test_a_server_death_too_late_for_the_stall_rule_is_still_the_runs_error() -> None:
     from dnnscaler.bench.online import WindowRecord
-    from dnnscaler.bench.triton_bench import STALL_WINDOWS, run_error
-    from dnnscaler.core.types import Knobs
 
     def w(t: float, done: int) -> WindowRecord:
         return WindowRecord(t, 300.0, 50.0, done, 0, float(done), None, Knobs(8, 2), "x", False)
@@ -398,5 +409,5 @@ async def test_a_speed_probe_failed_by_tritons_defect_says_so(
     import dnnscaler.loadgen.generator as generator
 
     monkeypatch.setattr(generator, "LoadGen", _DefectProbe)
-    with pytest.raises(tb.UpstreamDefectError, match=r"Triton's own defect: Triton 2\.51"):
-        await tb.unit_latency_ms("u", "wide_mlp")
+    with pytest.raises(UpstreamDefectError, match=r"Triton's own defect: Triton 2\.51"):
+        await unit_latency_ms(TRITON, TritonServer("u", None, FakeSetup()), "wide_mlp")

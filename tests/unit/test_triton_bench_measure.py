@@ -1,5 +1,5 @@
-"""The measurement logic of ``bench triton``'s oracle sweep and side-by-side ladder, on a
-fake server whose configs have known capacities (no Triton: the probes are the fakes)."""
+"""The measurement logic of the bench's oracle sweep and side-by-side ladder, on a fake
+server whose configs have known capacities (no server: the probes are the fakes)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,33 @@ import numpy as np
 import pytest
 
 from dnnscaler.agents.backend import ModelInfo
-from dnnscaler.bench import triton_bench as tb
+from dnnscaler.bench import sweep
+from dnnscaler.bench.config import BenchConfig
+from dnnscaler.bench.probes import PROBE_IN_FLIGHT, probe_in_flight
 from dnnscaler.core.types import KnobLimits, Knobs, Slo
 
 SLO = Slo(latency_ms=50.0, percentile=99.0)
-CFG = replace(tb.TritonBenchConfig(), batch_grid=(1, 8), instance_grid=(1, 2, 4), bisect_iters=3)
+CFG = replace(BenchConfig(), batch_grid=(1, 8), instance_grid=(1, 2, 4), bisect_iters=3)
+
+
+class FakeHandle:
+    setup = None
+
+    def death_note(self) -> str | None:
+        return None
+
+
+class FakeAdapter:
+    """What the sweep uses of a ``ServerAdapter`` once the probes are faked."""
+
+    kind = name = "fake"
+
+    @contextlib.asynccontextmanager
+    async def quiet_probe(self, server: Any) -> AsyncIterator[None]:
+        yield
+
+
+ADAPTER, SERVER = FakeAdapter(), FakeHandle()
 
 
 class FakeServer:
@@ -39,24 +61,22 @@ class FakeServer:
         async def info(backend: Any, model: str) -> ModelInfo:
             return ModelInfo(model, self.knobs, KnobLimits(max_batch_size=8, max_instances=4))
 
-        async def closed(url: str, model: str, concurrency: int, seconds: float) -> float:
+        async def closed(
+            adapter: Any, server: Any, model: str, concurrency: int, seconds: float
+        ) -> float:
             return 1.2 * self.cap()
 
         async def probe(
-            url: str, model: str, rate: float, slo: Slo, cfg: Any, seed: int
+            adapter: Any, server: Any, model: str, rate: float, slo: Slo, cfg: Any, seed: int
         ) -> tuple[float | None, int, int]:
             self.probes.append((self.knobs, rate))
             return (40.0 if rate <= self.cap() else 80.0), 0, int(rate)
 
-        @contextlib.asynccontextmanager
-        async def untraced(url: str) -> AsyncIterator[None]:
-            yield
-
-        monkeypatch.setattr(tb, "apply_and_wait", apply_and_wait)
-        monkeypatch.setattr(tb, "_info", info)
-        monkeypatch.setattr(tb, "_closed_loop_throughput", closed)
-        monkeypatch.setattr(tb, "_open_loop_probe", probe)
-        monkeypatch.setattr(tb, "untraced", untraced)
+        # Where the sweep and the ladder look them up.
+        monkeypatch.setattr(sweep, "apply_and_wait", apply_and_wait)
+        monkeypatch.setattr(sweep, "model_info", info)
+        monkeypatch.setattr(sweep, "closed_loop_throughput", closed)
+        monkeypatch.setattr(sweep, "open_loop_probe", probe)
 
 
 CAPS = {(1, 1): 100.0, (1, 2): 180.0, (1, 4): 250.0, (8, 1): 400.0, (8, 2): 700.0, (8, 4): 650.0}
@@ -67,11 +87,11 @@ async def test_a_pruned_sweep_picks_the_same_config_with_fewer_probes(
 ) -> None:
     full, pruned = FakeServer(CAPS), FakeServer(CAPS)
     full.install(monkeypatch)
-    every = await tb.oracle_sweep("url", None, "m", SLO, CFG)
+    every = await sweep.oracle_sweep(ADAPTER, SERVER, "m", SLO, CFG)
     pruned.install(monkeypatch)
-    some = await tb.oracle_sweep("url", None, "m", SLO, CFG, prune=True)
+    some = await sweep.oracle_sweep(ADAPTER, SERVER, "m", SLO, CFG, prune=True)
 
-    def best(caps: list[tb.ConfigCapacity]) -> Knobs:
+    def best(caps: list[sweep.ConfigCapacity]) -> Knobs:
         return max(caps, key=lambda c: c.capacity_rps).knobs
 
     assert best(some) == best(every) == Knobs(8, 2, 0)
@@ -91,7 +111,7 @@ async def test_a_config_whose_bound_could_beat_the_best_is_still_measured(
     # b8 n1's bound (1.26 x 600 = 756) is over the best so far (b8 n2, 700): bisected.
     server = FakeServer({**CAPS, (8, 1): 600.0})
     server.install(monkeypatch)
-    some = await tb.oracle_sweep("url", None, "m", SLO, CFG, prune=True)
+    some = await sweep.oracle_sweep(ADAPTER, SERVER, "m", SLO, CFG, prune=True)
     b8n1 = next(c for c in some if c.knobs == Knobs(8, 1, 0))
     assert not b8n1.pruned and b8n1.capacity_rps > 0
 
@@ -107,10 +127,10 @@ async def test_the_ladder_stops_once_the_verdict_is_known(
     caps = {(4, 2): ours, (8, 2): theirs}
     whole, short = FakeServer(caps), FakeServer(caps)
     whole.install(monkeypatch)
-    cap_a, cap_b, _ = await tb.side_by_side("url", None, "m", a, b, SLO, start_rps=100.0)
+    cap_a, cap_b, _ = await sweep.side_by_side(ADAPTER, SERVER, "m", a, b, SLO, start_rps=100.0)
     short.install(monkeypatch)
-    got_a, got_b, _ = await tb.side_by_side(
-        "url", None, "m", a, b, SLO, start_rps=100.0, verdict_ratio=0.9
+    got_a, got_b, _ = await sweep.side_by_side(
+        ADAPTER, SERVER, "m", a, b, SLO, start_rps=100.0, verdict_ratio=0.9
     )
     # The same verdict as the whole ladder's, from fewer or as many probes.
     assert (got_a >= 0.9 * got_b) == (cap_a >= 0.9 * cap_b) == passes
@@ -135,8 +155,8 @@ async def test_a_ladder_that_starts_above_ours_probes_ours_at_the_bar(
     a, b = Knobs(4, 2, 0), Knobs(8, 4, 0)
     server = FakeServer({(4, 2): ours, (8, 4): 1510.0})
     server.install(monkeypatch)
-    got_a, got_b, rows = await tb.side_by_side(
-        "url", None, "m", a, b, SLO, start_rps=1429.0, step_frac=0.05, verdict_ratio=0.7
+    got_a, got_b, rows = await sweep.side_by_side(
+        ADAPTER, SERVER, "m", a, b, SLO, start_rps=1429.0, step_frac=0.05, verdict_ratio=0.7
     )
     assert got_b == pytest.approx(1500.45)  # 1429 x 1.05, the highest rung b passed
     floor = [r for r in rows if r.get("floor")]
@@ -150,7 +170,7 @@ async def test_each_rung_probes_both_configs_at_its_rate(monkeypatch: pytest.Mon
     a, b = Knobs(4, 2, 0), Knobs(8, 2, 0)
     server = FakeServer({(4, 2): 500.0, (8, 2): 500.0})
     server.install(monkeypatch)
-    await tb.side_by_side("url", None, "m", a, b, SLO, start_rps=100.0, max_rps=300.0)
+    await sweep.side_by_side(ADAPTER, SERVER, "m", a, b, SLO, start_rps=100.0, max_rps=300.0)
     rates = sorted({r for _, r in server.probes})
     for r in rates:
         assert sorted(k.max_batch_size for k, x in server.probes if x == r) == [4, 8]
@@ -169,5 +189,5 @@ def test_a_probe_that_meets_its_slo_never_reaches_the_in_flight_bound(
     done = arrivals + slo_ms / 1000.0
     in_flight = np.searchsorted(arrivals, done, side="left") - np.arange(len(arrivals))
     slo = Slo(latency_ms=slo_ms, percentile=99.0)
-    assert int(in_flight.max()) < tb.probe_in_flight(rate_rps, slo)
-    assert tb.probe_in_flight(1.0, slo) == tb.PROBE_IN_FLIGHT  # light loads keep the floor
+    assert int(in_flight.max()) < probe_in_flight(rate_rps, slo)
+    assert probe_in_flight(1.0, slo) == PROBE_IN_FLIGHT  # light loads keep the floor

@@ -1,0 +1,141 @@
+"""The benchmark harness's Triton: a fresh ``LocalTriton`` per sweep or run, the agent's
+``TritonBackend`` on it, load over Triton gRPC, request tracing off while the client
+measures, and Triton 2.51's own defects told apart (``known_defects``).
+
+Triton imports are deferred to first use, so that the CLI starts without tritonclient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Unpack
+
+from dnnscaler.bench.adapter import LoadOptions
+from dnnscaler.bench.retries import describe_error
+from dnnscaler.core.logging import get_logger
+
+if TYPE_CHECKING:
+    from dnnscaler.agents.backend import Backend
+    from dnnscaler.loadgen.generator import LoadGen
+    from dnnscaler.triton.launcher import LocalTriton
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TritonServer:
+    """A freshly started Triton for one oracle sweep or one staircase run."""
+
+    grpc_url: str
+    metrics_url: str | None
+    setup: Backend  # a started TritonBackend on this server, for applying knobs
+    triton: LocalTriton | None = None  # the server process, to tell whether it died
+
+    def death_note(self) -> str | None:
+        """A line on the server's death (exit code, log tail), or None while it runs."""
+        return self.triton.death_note(3) if self.triton is not None else None
+
+
+@contextlib.asynccontextmanager
+async def start_server(
+    repo: Path, models: Sequence[str], workdir: Path
+) -> AsyncIterator[TritonServer]:
+    """A new LocalTriton serving ``models`` from ``repo`` in its own ``workdir``, with a
+    started setup backend; both stopped on exit. An exception from the body gets a note
+    when the server died meanwhile (a crash under overload, say)."""
+    from dnnscaler.agents.backends.triton import TritonBackend
+    from dnnscaler.triton.launcher import LocalTriton
+
+    async with LocalTriton(repo, list(models), workdir=workdir) as triton:
+        setup = TritonBackend(triton.grpc_url, metrics_url=triton.metrics_url)
+        server = TritonServer(triton.grpc_url, triton.metrics_url, setup, triton)
+        try:
+            await setup.start()
+            yield server
+        except Exception as exc:
+            note = server.death_note()
+            if note:
+                exc.add_note(note)
+            raise
+        finally:
+            try:
+                await setup.close()
+            except Exception as exc:  # the run's own outcome matters more
+                log.warning("bench.setup_close_failed", error=describe_error(exc))
+
+
+@contextlib.asynccontextmanager
+async def untraced(url: str) -> AsyncIterator[None]:
+    """Request tracing off on the server meanwhile (restored on exit if it was on).
+
+    Triton 2.51 with request tracing on corrupts its heap (SIGSEGV/SIGABRT in
+    ``TRITONBACKEND_RequestRelease``) or hangs when Python-backend models with 2+ instances
+    execute batches under a saturating load: 2 runs of 2 crashed or hung in a closed loop at
+    32 in flight on ``wide_mlp`` b8 n2, 0 of 16 without tracing (2026-11-29). Client-side
+    measurements (oracle sweeps, side-by-side ladders) need no server traces, so they run
+    without; only the agent's per-window tail needs them.
+    """
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        before = await client.get_trace_settings(as_json=True, client_timeout=10)
+        level = before.get("settings", {}).get("trace_level", {}).get("value", ["OFF"])
+        was_on = [x for x in level if x != "OFF"]
+        if was_on:
+            await client.update_trace_settings(settings={"trace_level": ["OFF"]}, client_timeout=10)
+        try:
+            yield
+        finally:
+            if was_on:
+                with contextlib.suppress(Exception):  # a dead server has nothing to restore
+                    await client.update_trace_settings(
+                        settings={"trace_level": was_on}, client_timeout=10
+                    )
+    finally:
+        await client.close()
+
+
+class TritonAdapter:
+    """``ServerAdapter`` for a local Triton (``dnnscaler bench triton``)."""
+
+    kind = "triton"
+    name = "Triton"
+
+    @property
+    def models(self) -> Sequence[str]:
+        from dnnscaler.triton.demo_models import DEMO_MODELS
+
+        return tuple(DEMO_MODELS)
+
+    def write_models(self, repo: Path, models: Sequence[str]) -> None:
+        from dnnscaler.triton.demo_models import write_repository
+
+        write_repository(repo, list(models))
+
+    def serve(
+        self, repo: Path, models: Sequence[str], workdir: Path
+    ) -> contextlib.AbstractAsyncContextManager[TritonServer]:
+        return start_server(repo, models, workdir)
+
+    def make_backend(self, server: TritonServer) -> Backend:
+        from dnnscaler.agents.backends.triton import TritonBackend
+
+        return TritonBackend(server.grpc_url, metrics_url=server.metrics_url)
+
+    def load_gen(self, server: TritonServer, model: str, **options: Unpack[LoadOptions]) -> LoadGen:
+        from dnnscaler.loadgen.generator import LoadGen
+
+        return LoadGen(server.grpc_url, model, **options)
+
+    def quiet_probe(self, server: TritonServer) -> contextlib.AbstractAsyncContextManager[None]:
+        return untraced(server.grpc_url)
+
+    def upstream_defect(self, gen: LoadGen) -> str | None:
+        return gen.upstream_defect()
+
+
+TRITON = TritonAdapter()
