@@ -14,7 +14,7 @@ TESTS ?= tests/integration/test_triton_latency.py tests/integration/test_triton_
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[triton,torch,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[triton,torch,torchserve,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,4 +1,4 @@
-"""`dnnscaler agent`: run one per-GPU agent against a sim or a real Triton backend."""
+"""`dnnscaler agent`: run one per-GPU agent against a sim, a real Triton or a TorchServe."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ HELPS = {
     "backend": "the inference server to steer",
     "triton_grpc": "triton backend: gRPC HOST:PORT",
     "triton_metrics": 'triton backend: metrics URL, read for the queue backlog ("": not read)',
+    "torchserve_management": "torchserve backend: management API URL",
+    "torchserve_metrics": 'torchserve backend: metrics URL ("": not read)',
+    "torchserve_access_log": "torchserve backend: its access_log.log on this host (tail latency)",
+    "torchserve_model_store": "torchserve backend: its model store on this host (batch changes)",
     "sim_models": "sim backend: serve PROFILE (see `dnnscaler bench sim --list`) as NAME under"
     " a Poisson load of RPS requests/s; repeatable (NAME=PROFILE@RPS)",
     "sim_profiles": "sim backend: a user profile file (JSON)",
@@ -107,6 +111,15 @@ def build_backend(cfg: AgentConfig) -> Backend:
         from dnnscaler.agents.backends.triton import TritonBackend
 
         return TritonBackend(cfg.triton_grpc, metrics_url=cfg.triton_metrics or None)
+    if cfg.backend == "torchserve":
+        from dnnscaler.agents.backends.torchserve import TorchServeBackend
+
+        return TorchServeBackend(
+            cfg.torchserve_management,
+            cfg.torchserve_metrics or None,
+            access_log=cfg.torchserve_access_log or None,
+            model_store=cfg.torchserve_model_store or None,
+        )
     from dnnscaler.agents.backends.sim import SimBackend
 
     return SimBackend(sim_specs(cfg), seed=cfg.sim_seed)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from dnnscaler.core.types import InvalidValue, shown
 from dnnscaler.security.credentials import check_pair, is_loopback
 
-BACKENDS = ("sim", "triton")
+BACKENDS = ("sim", "triton", "torchserve")
 MAX_NAME_CHARS = 256  # what the controller accepts as an agent id (admin_checks)
 
 
@@ -49,6 +49,13 @@ class AgentConfig:
     backend: str = "sim"
     triton_grpc: str = "127.0.0.1:8001"
     triton_metrics: str = ""  # Triton's metrics URL (the queue backlog); "" = not read
+    # TorchServe: its management API, its metrics URL ("" = not read), its access log on
+    # this host (the tail latency; "" = none) and its model store on this host (needed for
+    # batch size changes, which register a second version of the model; "" = none).
+    torchserve_management: str = "http://127.0.0.1:8081"
+    torchserve_metrics: str = "http://127.0.0.1:8082/metrics"
+    torchserve_access_log: str = ""
+    torchserve_model_store: str = ""
     # The sim backend: NAME=PROFILE@RPS per model, and a user profile file (JSON).
     sim_models: tuple[str, ...] = ()
     sim_profiles: str = ""
@@ -116,6 +123,10 @@ class AgentConfig:
             raise InvalidValue(
                 "triton_metrics", f"expected an http:// URL, got {shown(self.triton_metrics)}"
             )
+        for name in ("torchserve_management", "torchserve_metrics"):
+            v = getattr(self, name)
+            if (v or name == "torchserve_management") and not v.startswith(("http://", "https://")):
+                raise InvalidValue(name, f"expected an http:// URL, got {shown(v)}")
         for spec in self.sim_models:
             parse_sim_model(spec)
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "dnnscaler.demo",
     "dnnscaler.bench.cli",
     "dnnscaler.triton.cli",
+    "dnnscaler.torchserve.cli",
     "dnnscaler.loadgen.cli",
 )
 

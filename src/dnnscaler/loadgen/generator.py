@@ -1,4 +1,5 @@
-"""Open-loop Poisson and closed-loop load against Triton over gRPC (tritonclient.grpc.aio).
+"""Open-loop Poisson and closed-loop load against Triton over gRPC (tritonclient.grpc.aio)
+or TorchServe over HTTP (aiohttp; ``protocol="torchserve"``).
 
 Open loop: arrivals are a Poisson process at ``rate_rps`` (changeable while running with
 ``set_rate``; the next gap is redrawn at once, which the memoryless process allows); each
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -83,6 +84,12 @@ class LoadGen:
     Exactly one of ``rate_rps`` (open loop) and ``concurrency`` (closed loop) is used;
     ``rate_rps=0`` starts an idle open loop that ``set_rate`` wakes up. ``client`` injects
     an object with tritonclient.grpc.aio's ``get_model_metadata``/``infer`` (tests).
+
+    ``protocol="torchserve"``: ``url`` is the inference API's ``http://host:port``; each
+    request POSTs one input of ``input_shape`` float32 values as raw bytes to
+    ``/predictions/MODEL`` (TorchServe has no metadata API that gives the shape; its
+    batcher forms the batches, so ``batch`` must be 1). A non-200 answer is a failure,
+    with the status and body as its message.
     """
 
     def __init__(
@@ -101,13 +108,23 @@ class LoadGen:
         allow_remote: bool = False,
         clock: Callable[[], float] = time.monotonic,
         client: Any = None,
+        protocol: Literal["triton", "torchserve"] = "triton",
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         if (rate_rps is None) == (concurrency is None):
             raise ValueError("give exactly one of rate_rps (open loop) or concurrency")
         if not allow_remote:
             check_loopback(url)
+        if protocol not in ("triton", "torchserve"):
+            raise ValueError(f"unknown protocol {protocol!r}: triton or torchserve")
+        if protocol == "torchserve" and (input_shape is None or batch != 1):
+            raise ValueError("protocol torchserve needs input_shape and batch 1")
         self.url = url
         self.model = model
+        self.protocol = protocol
+        self.input_shape = input_shape
+        self._http_body = b""
+        self._http_url = ""
         self._rate = float(rate_rps or 0.0)
         self._concurrency = concurrency
         self.batch = batch
@@ -156,6 +173,37 @@ class LoadGen:
         await self.stop()
 
     async def start(self) -> None:
+        if self.protocol == "torchserve":
+            await self._start_http()
+        else:
+            await self._start_grpc()
+        now = self._clock()
+        self._t0 = self._win_start = self._rate_since = now
+        if self._concurrency is not None:
+            self._driver = asyncio.create_task(self._closed_loop(self._concurrency))
+        else:
+            self._driver = asyncio.create_task(self._open_loop())
+        log.info(
+            "loadgen.started",
+            model=self.model,
+            rate_rps=self._rate if self._concurrency is None else None,
+            concurrency=self._concurrency,
+        )
+
+    async def _start_http(self) -> None:
+        import aiohttp
+
+        shape = self.input_shape or ()
+        self._http_body = self._rng.random(shape).astype("<f4").tobytes()
+        base = self.url if "://" in self.url else f"http://{self.url}"
+        self._http_url = f"{base.rstrip('/')}/predictions/{self.model}"
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight),
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+            )
+
+    async def _start_grpc(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
         if self._client is None:
@@ -175,18 +223,6 @@ class LoadGen:
             inp.set_data_from_numpy(self._rng.random(shape).astype(dtype))
             self._inputs.append(inp)
         self._outputs = [grpcclient.InferRequestedOutput(o["name"]) for o in meta["outputs"]]
-        now = self._clock()
-        self._t0 = self._win_start = self._rate_since = now
-        if self._concurrency is not None:
-            self._driver = asyncio.create_task(self._closed_loop(self._concurrency))
-        else:
-            self._driver = asyncio.create_task(self._open_loop())
-        log.info(
-            "loadgen.started",
-            model=self.model,
-            rate_rps=self._rate if self._concurrency is None else None,
-            concurrency=self._concurrency,
-        )
 
     async def stop(self, drain_s: float = 10.0) -> None:
         """Stop sending, wait up to ``drain_s`` for requests in flight, close the client."""
@@ -311,12 +347,15 @@ class LoadGen:
         t0 = time.perf_counter()
         sent_at = self._clock()
         try:
-            await self._client.infer(
-                self.model,
-                self._inputs,
-                outputs=self._outputs,
-                client_timeout=self.request_timeout_s,
-            )
+            if self.protocol == "torchserve":
+                await self._post()
+            else:
+                await self._client.infer(
+                    self.model,
+                    self._inputs,
+                    outputs=self._outputs,
+                    client_timeout=self.request_timeout_s,
+                )
         except asyncio.CancelledError:  # stopped before the answer came: not a success
             self._failed(sent_at, "cancelled at stop")
             raise
@@ -326,6 +365,17 @@ class LoadGen:
         lat = time.perf_counter() - t0
         self._lat_total.append(lat)
         self._win_lat.append(lat)
+
+    async def _post(self) -> None:
+        async with self._client.post(
+            self._http_url,
+            data=self._http_body,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                text = body.decode(errors="replace").strip().replace("\n", " ")
+                raise RuntimeError(f"HTTP {resp.status}: {text[:300]}")
 
     def _launch(self) -> None:
         self._sent_total += 1

@@ -1,0 +1,427 @@
+"""Start and stop a local TorchServe on loopback, with its own ports, TMPDIR and logs.
+
+One ``LocalTorchServe`` is one TorchServe: the ``torchserve`` launcher (Python) starts a
+Java frontend, which starts one Python worker process per worker. Everything runs in a
+process group of its own, with a work folder of its own: ``config.properties``, ``tmp/``
+(TorchServe's PID file and unpacked archives: two instances with one TMPDIR refuse each
+other) and ``logs/`` (``access_log.log`` is the agent's per-request latency source, see
+``dnnscaler.torchserve.access_log``).
+
+The launcher does not pass SIGTERM on (a SIGTERM to it leaves the Java frontend running),
+so ``stop`` signals the Java process named in the PID file, waits for the frontend and its
+workers, kills whatever is left of the group, and removes the work folder. Token auth is
+off only because every address is loopback; the model API is on (the agent registers
+versions through it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from dnnscaler.core.logging import get_logger
+from dnnscaler.core.types import Knobs
+from dnnscaler.torchserve.archives import LIMITS_SUFFIX, read_limits
+from dnnscaler.torchserve.install import TorchServeInstall, find_torchserve
+from dnnscaler.triton.launcher import free_port
+
+log = get_logger(__name__)
+
+
+class TorchServeStartError(RuntimeError):
+    """The server exited, did not answer, or refused a model; the message quotes its log."""
+
+
+@dataclass(frozen=True)
+class TorchServePorts:
+    inference: int
+    management: int
+    metrics: int
+    grpc_inference: int
+    grpc_management: int
+
+
+def register_query(
+    url: str,
+    knobs: Knobs,
+    *,
+    model_name: str | None = None,
+    response_timeout_s: int = 120,
+    synchronous: bool = True,
+) -> str:
+    """The management API's query string that registers archive ``url`` with ``knobs``.
+
+    ``synchronous=False`` answers at once and starts the workers in the background: a
+    synchronous call holds one of the frontend's Netty threads until the workers are up,
+    and requests on connections that thread serves wait as long (measured: one request
+    per change waited the call's 1.0-1.9 s, outside the access log's timing).
+    """
+    params = {
+        "url": url,
+        "batch_size": str(knobs.max_batch_size),
+        "max_batch_delay": str(delay_ms(knobs.queue_delay_us)),
+        "initial_workers": str(knobs.instances),
+        "synchronous": "true" if synchronous else "false",
+        "response_timeout": str(response_timeout_s),
+    }
+    if model_name is not None:
+        params["model_name"] = model_name
+    return urllib.parse.urlencode(params)
+
+
+def delay_ms(queue_delay_us: int) -> int:
+    """TorchServe's ``max_batch_delay`` is whole milliseconds: round a delay up."""
+    return (max(0, queue_delay_us) + 999) // 1000
+
+
+def _http(method: str, url: str, timeout_s: float) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+
+
+class LocalTorchServe:
+    """A local TorchServe; use ``with``/``async with`` or ``start()``/``stop()``.
+
+    ``models`` maps each archive's model name to the knobs it is registered with at start
+    (``None``: the initial knobs its limits file declares, else batch 1, 1 worker).
+    Ports left ``None`` are picked free.
+    """
+
+    def __init__(
+        self,
+        model_store: str | Path,
+        models: Mapping[str, Knobs | None] | Sequence[str] = (),
+        *,
+        ports: TorchServePorts | None = None,
+        workdir: str | Path | None = None,
+        job_queue_size: int = 1000,
+        java_heap_mb: int = 512,
+        ready_timeout_s: float = 120.0,
+        stop_timeout_s: float = 30.0,
+        install: TorchServeInstall | None = None,
+    ) -> None:
+        self.model_store = Path(model_store).resolve()
+        if isinstance(models, Mapping):
+            self.models: dict[str, Knobs | None] = dict(models)
+        else:
+            self.models = {name: None for name in models}
+        self._want_ports = ports
+        self.ports: TorchServePorts | None = None
+        self._workdir_arg = Path(workdir).resolve() if workdir is not None else None
+        self.workdir: Path | None = None
+        self.job_queue_size = job_queue_size
+        self.java_heap_mb = java_heap_mb
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._install = install
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: BinaryIO | None = None
+        self._pgid: int | None = None
+        self._java_pid: int | None = None
+
+    # -- addresses ---------------------------------------------------------------------
+    def _p(self) -> TorchServePorts:
+        if self.ports is None:
+            raise RuntimeError("TorchServe not started")
+        return self.ports
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self._p().inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self._p().management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self._p().metrics}/metrics"
+
+    def _dir(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("TorchServe not started")
+        return self.workdir
+
+    @property
+    def log_dir(self) -> Path:
+        return self._dir() / "logs"
+
+    @property
+    def access_log(self) -> Path:
+        return self.log_dir / "access_log.log"
+
+    @property
+    def console_log(self) -> Path:
+        return self._dir() / "torchserve.out"
+
+    @property
+    def pid(self) -> int | None:
+        """The Java frontend's PID (the server proper), once it wrote its PID file."""
+        return self._java_pid
+
+    def running(self) -> bool:
+        return self._java_pid is not None and _alive(self._java_pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the frontend's log and of the model log, for error messages."""
+        parts = []
+        for path in (self.console_log, self.log_dir / "model_log.log"):
+            try:
+                text = path.read_text(errors="replace")
+            except (OSError, RuntimeError):
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail:
+                parts.append(f"--- {path.name} ---\n{tail}")
+        return "\n".join(parts)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> LocalTorchServe:
+        install = self._install or find_torchserve()
+        self._spawn(install)
+        try:
+            self._wait_ready()
+            for name, knobs in self.models.items():
+                self.register(name, knobs)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def start_async(self) -> LocalTorchServe:
+        await asyncio.to_thread(self.start)
+        return self
+
+    def _config(self) -> str:
+        p = self._p()
+        lines = {
+            "inference_address": f"http://127.0.0.1:{p.inference}",
+            "management_address": f"http://127.0.0.1:{p.management}",
+            "metrics_address": f"http://127.0.0.1:{p.metrics}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(p.grpc_inference),
+            "grpc_management_port": str(p.grpc_management),
+            "disable_token_authorization": "true",
+            "enable_model_api": "true",
+            "metrics_mode": "prometheus",
+            "job_queue_size": str(self.job_queue_size),
+            "default_workers_per_model": "1",
+            "vmargs": f"-Xmx{self.java_heap_mb}m -Djava.io.tmpdir={self._dir() / 'tmp'}",
+        }
+        return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    def _spawn(self, install: TorchServeInstall) -> None:
+        self.ports = self._want_ports or TorchServePorts(*(free_port() for _ in range(5)))
+        if self._workdir_arg is not None:
+            self.workdir = self._workdir_arg
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="dnnscaler-torchserve-"))
+        for sub in ("tmp", "logs"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text(self._config())
+        args = [
+            str(install.launcher),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--ts-config", str(config),
+            "--model-store", str(self.model_store),
+            "--disable-token-auth",
+            "--enable-model-api",
+        ]  # fmt: skip
+        fh = open(self.console_log, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_fh = fh
+        self._proc = subprocess.Popen(
+            args,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=install.environment(self.workdir / "tmp", self.log_dir),
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self._pgid = self._proc.pid
+        log.info(
+            "torchserve.starting",
+            pid=self._proc.pid,
+            inference=self.inference_url,
+            management=self.management_url,
+            store=str(self.model_store),
+            workdir=str(self.workdir),
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        pid_file = self._dir() / "tmp" / ".model_server.pid"
+        while time.monotonic() < deadline:
+            if self._java_pid is None and pid_file.is_file():
+                with contextlib.suppress(OSError, ValueError):
+                    self._java_pid = int(pid_file.read_text().strip())
+            proc = self._proc
+            if proc is not None and proc.poll() is not None and not self.running():
+                raise TorchServeStartError(
+                    f"torchserve exited with {proc.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                code, _ = _http("GET", f"{self.inference_url}/ping", 1.0)
+                if code == 200 and self._java_pid is not None:
+                    log.info("torchserve.ready", pid=self._java_pid, url=self.inference_url)
+                    return
+            time.sleep(0.2)
+        raise TorchServeStartError(
+            f"torchserve not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
+
+    def register(self, name: str, knobs: Knobs | None = None, url: str | None = None) -> None:
+        """Register archive ``url`` (default ``NAME.mar``) with ``knobs`` and wait for its
+        workers; the error quotes the server's answer and log."""
+        if knobs is None:
+            declared = read_limits(self.model_store / f"{name}{LIMITS_SUFFIX}")
+            knobs = (
+                Knobs(declared.initial_batch_size, declared.initial_instances)
+                if declared is not None
+                else Knobs()
+            )
+        query = register_query(url or f"{name}.mar", knobs, model_name=name)
+        code, body = _http("POST", f"{self.management_url}/models?{query}", 300.0)
+        if code != 200:
+            raise TorchServeStartError(
+                f"registering {name} answered {code}: {body.strip()}\n{self.log_tail()}"
+            )
+        log.info("torchserve.model_registered", model=name, knobs=knobs)
+
+    def stop(self) -> None:
+        """Stop the Java frontend (SIGTERM, then SIGKILL after ``stop_timeout_s``), kill
+        what is left of the process group, remove the work folder if we made it and the
+        server stopped cleanly (after a crash it stays, for its logs)."""
+        proc = self._proc
+        java = self._java_pid
+        clean = True
+        if java is not None and _alive(java):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(java, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout_s
+            while _alive(java) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(java):
+                clean = False
+                log.warning("torchserve.kill_after_timeout", pid=java)
+        elif proc is not None and java is None:
+            clean = False
+        if self._pgid is not None:
+            _reap_group(self._pgid)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            log.info("torchserve.stopped", pid=java, launcher_returncode=proc.returncode)
+        self._proc = None
+        if self._log_fh is not None:
+            with contextlib.suppress(OSError):
+                self._log_fh.close()
+            self._log_fh = None
+        if self._workdir_arg is None and self.workdir is not None and self.workdir.exists():
+            if clean:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                log.warning("torchserve.workdir_kept", workdir=str(self.workdir))
+
+    def group_alive(self) -> bool:
+        """Whether any process of this server's group is still alive (after stop: none)."""
+        if self._pgid is None:
+            return False
+        return bool(group_members(self._pgid))
+
+    # -- context managers ----------------------------------------------------------
+    def __enter__(self) -> LocalTorchServe:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalTorchServe:
+        return await self.start_async()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone: it only waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _reap_group(pgid: int) -> None:
+    for _ in range(100):
+        if not group_members(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def describe(server: LocalTorchServe) -> str:
+    """One JSON line with the server's addresses (``dnnscaler torchserve-local`` prints it)."""
+    return json.dumps(
+        {
+            "inference_url": server.inference_url,
+            "management_url": server.management_url,
+            "metrics_url": server.metrics_url,
+            "models": list(server.models),
+            "model_store": str(server.model_store),
+            "workdir": str(server.workdir),
+            "access_log": str(server.access_log),
+            "pid": server.pid,
+        }
+    )
