@@ -101,7 +101,9 @@ class KnobLimits:
 SLO_LATENCY = (
     "SLO latency is server-side: from the server reading a request to sending its response"
     " (Triton: request trace GRPC_WAITREAD_END to GRPC_SEND_END, the same requests as its"
-    " nv_inference_request_summary_us); it excludes the client's network and process"
+    " nv_inference_request_summary_us; TorchServe: its access log's time per request, frontend"
+    " taking the request to sending the response, in whole ms); it excludes the client's"
+    " network and process"
 )
 
 
