@@ -46,6 +46,12 @@ class Converged:
     upstream_defect: str | None = None
 
 
+def _fmt(k: Knobs) -> str:
+    return f"b{k.max_batch_size} n{k.instances}" + (
+        f" d{k.queue_delay_us}us" if k.queue_delay_us else ""
+    )
+
+
 SETTLE_S = 90.0  # how long ``converge`` waits for the controller's last change to land
 
 
@@ -121,9 +127,16 @@ async def converge(
                     peak = load
                 loop = controller.registry.loops_for(model)
                 if loop and loop[0].knob_changes > changes:
+                    # Read once a window: two changes in one window show as one line, so
+                    # the line says how many and where the knobs are headed (CI run 40
+                    # recorded one move and ended on knobs that move did not name).
+                    n = loop[0].knob_changes - changes
                     changes = loop[0].knob_changes
                     last_move = i
-                    moves.append(f"t={time.monotonic() - t0:.0f} {loop[0].last_reason}")
+                    target = _controller_target(controller, model)
+                    head = f"t={time.monotonic() - t0:.0f}" + (f" ({n} changes)" if n > 1 else "")
+                    to = f" -> {_fmt(target)}" if target is not None else ""
+                    moves.append(f"{head} {loop[0].last_reason}{to}")
                 idle = idle + 1 if gen.window().completed == 0 else 0
                 if idle >= STALL_WINDOWS:  # a hung server: say so now, not after the run
                     raise ServerStalled(
