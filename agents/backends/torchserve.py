@@ -4,8 +4,11 @@ Observe: the models and their default version's knobs from the management API (w
 ``batchSize``, ``maxBatchDelay``, the job queue's pending requests, summed over versions
 while two serve); per-window counts and mean latencies by differencing the Prometheus
 counters (kept across version swaps); completed and failed requests and the tail from the
-frontend's access log, one line per request (``dnnscaler.torchserve.access_log``); for a
-server on this host, the host CPU busy share (its workers run on these cores).
+frontend's access log, one line per request (``dnnscaler.torchserve.access_log``); batch
+statistics (batches and compute time per batch size) from the counters the demo handler
+adds to TorchServe's metrics (``handler._record_batch``; a handler without them leaves
+them empty); for a server on this host, the host CPU busy share (its workers run on
+these cores).
 
 Apply, without dropping a request:
 
@@ -56,7 +59,7 @@ from dnnscaler.torchserve.archives import (
     read_limits,
     twin_archive,
 )
-from dnnscaler.torchserve.launcher import delay_ms, register_query
+from dnnscaler.torchserve.launcher import queue_delay_us, register_query
 from dnnscaler.torchserve.metrics import Counters, parse_counters
 from dnnscaler.triton.tracing import percentiles_ms
 
@@ -111,7 +114,7 @@ def knobs_of(desc: dict[str, Any]) -> Knobs:
     return Knobs(
         max_batch_size=max(1, int(desc.get("batchSize", 1))),
         instances=max(1, int(desc.get("minWorkers", 1))),
-        queue_delay_us=max(0, int(desc.get("maxBatchDelay", 0))) * 1000,
+        queue_delay_us=queue_delay_us(int(desc.get("maxBatchDelay", 1))),
     )
 
 
@@ -127,7 +130,7 @@ def _version_of(desc: dict[str, Any]) -> _Version:
 
 
 def _fmt(k: Knobs) -> str:
-    return f"b{k.max_batch_size} n{k.instances} d{delay_ms(k.queue_delay_us)}ms"
+    return f"b{k.max_batch_size} n{k.instances} d{k.queue_delay_us // 1000}ms"
 
 
 class TorchServeBackend:
@@ -438,7 +441,9 @@ class TorchServeBackend:
             latency_p95_ms=tail[1] if tail else None,
             latency_p99_ms=tail[2] if tail else None,
             queue_mean_ms=delta.mean_ms(delta.queue_us) if delta is not None else None,
+            compute_mean_ms=delta.compute_mean_ms() if delta is not None else None,
             pending_requests=pending,
+            batch_stats=delta.batch_stats() if delta is not None else {},
         )
 
     # -- apply ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Default: a local real Triton serving the built-in demo models, the controller and one agent
 in this process (real gRPC on loopback), and a load generator running a short staircase.
-``--backend sim`` runs the same loop against simulated GPUs instead. Shows a live table,
-then a summary table, and writes ``summary.json`` and ``demo.png``; exits 0 with nothing
-left running.
+``--backend torchserve`` runs the same loop on a local real TorchServe (the same model code,
+packed as archives) with the agent's TorchServe backend; ``--backend sim`` against simulated
+GPUs. Shows a live table, then a summary table, and writes ``summary.json`` and
+``demo.png``; exits 0 with nothing left running.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import asyncio
 import contextlib
 import json
 import math
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -66,6 +70,9 @@ class DemoEnv(Protocol):
 
     plans: list[DemoModelPlan]
     backend: Backend
+    # ``AgentConfig`` fields that describe ``backend`` (as ``dnnscaler agent`` would be
+    # configured for it); empty where the defaults do.
+    agent_settings: dict[str, Any]
 
     def set_rate(self, model: str, rps: float) -> None: ...
 
@@ -116,6 +123,7 @@ class SimEnv:
             specs[name] = SimModelSpec(profile=prof, knobs=Knobs(), rate_rps=rates[0])
         self.sim = SimBackend(specs, seed=1)
         self.backend: Backend = self.sim
+        self.agent_settings: dict[str, Any] = {}
 
     def set_rate(self, model: str, rps: float) -> None:
         self.sim.set_rate(model, rps)
@@ -145,6 +153,7 @@ class TritonEnv:
         self.loadgens: dict[str, Any] = {}
         self.triton: Any = None
         self.backend: Backend = None  # type: ignore[assignment]
+        self.agent_settings: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
         self._errors_seen: dict[str, int] = {}
 
@@ -194,11 +203,101 @@ class TritonEnv:
         return self.triton.death_note(15) if self.triton is not None else None
 
 
+class TorchServeEnv:
+    """A local real TorchServe with the built-in demo models (archives of the same model
+    code as Triton's) and one load generator per model, over its HTTP inference API.
+
+    The agent's backend is built from ``AgentConfig(backend="torchserve", ...)`` as
+    ``dnnscaler agent`` builds it, so the demo runs the agent as it is deployed.
+    """
+
+    def __init__(self, plans: list[DemoModelPlan], workdir: Path) -> None:
+        self.plans = plans
+        self.workdir = workdir
+        self.loadgens: dict[str, Any] = {}
+        self.server: Any = None
+        self.backend: Backend = None  # type: ignore[assignment]
+        self.agent_settings: dict[str, Any] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._errors_seen: dict[str, int] = {}
+
+    async def __aenter__(self) -> TorchServeEnv:
+        from dnnscaler.agents.cli import build_backend
+        from dnnscaler.loadgen.generator import LoadGen
+        from dnnscaler.torchserve.archives import build_demo_store
+        from dnnscaler.torchserve.launcher import LocalTorchServe, check_workdir
+        from dnnscaler.triton.demo_models import DEMO_MODELS
+
+        store = self.workdir / "models"
+        names = [p.name for p in self.plans]
+        check_workdir(self.workdir / "torchserve")
+        build_demo_store(store, names)
+        try:
+            self.server = await self._stack.enter_async_context(
+                LocalTorchServe(store, names, workdir=self.workdir / "torchserve")
+            )
+            self.agent_settings = {
+                "backend": "torchserve",
+                "torchserve_management": self.server.management_url,
+                "torchserve_metrics": self.server.metrics_url,
+                "torchserve_access_log": str(self.server.access_log),
+                "torchserve_model_store": str(store),
+            }
+            self.backend = build_backend(AgentConfig(**self.agent_settings))
+            for i, p in enumerate(self.plans):
+                gen = LoadGen(
+                    self.server.inference_url,
+                    p.name,
+                    rate_rps=p.rates_rps[0],
+                    seed=i,
+                    max_duration_s=900,
+                    protocol="torchserve",
+                    input_shape=DEMO_MODELS[p.name].input_dims,
+                )
+                self.loadgens[p.name] = await self._stack.enter_async_context(gen)
+        except BaseException:
+            await self._stack.aclose()  # no server left running
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if self.backend is not None:  # the agent leaves its backend open
+                await self.backend.close()
+        finally:
+            await self._stack.aclose()
+
+    def set_rate(self, model: str, rps: float) -> None:
+        self.loadgens[model].set_rate(rps)
+
+    def client_window(self, model: str) -> tuple[float | None, int, float | None]:
+        w = self.loadgens[model].window()
+        pct = next(p.percentile for p in self.plans if p.name == model)
+        self._errors_seen[model] = self._errors_seen.get(model, 0) + w.errors
+        return w.latency_at(pct), w.errors, w.throughput_rps
+
+    def failed_requests(self) -> int:
+        return sum(self._errors_seen.values())
+
+    def failed_request_log(self) -> dict[str, str]:
+        return {m: g.error_report() for m, g in self.loadgens.items() if g.errors}
+
+    def upstream_defects(self) -> dict[str, str]:
+        return {}  # no TorchServe defect is known to tell apart from a failed apply
+
+    def server_death(self) -> str | None:
+        return self.server.death_note(15) if self.server is not None else None
+
+
 TRITON_PLANS = [
     # Staircases sized for a 2-core CPU box shared with the load generator (docs/triton.md).
     DemoModelPlan("wide_mlp", slo_ms=50.0, percentile=99.0, rates_rps=(50, 100, 150, 200)),
     DemoModelPlan("serial_io", slo_ms=60.0, percentile=99.0, rates_rps=(30, 60, 90, 120)),
 ]
+# The same staircases: on this box TorchServe serves these models at capacities close to
+# Triton's (closed loop, 16 in flight: wide_mlp ~300 rps on one worker, serial_io ~90 on
+# one worker and ~180 on two), so the same steps cross the same configs' capacities.
+TORCHSERVE_PLANS = TRITON_PLANS
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -272,7 +371,10 @@ async def run_demo(
         )
     )
     await controller.start()
-    agent = Agent(AgentConfig(controller=controller.address, agent_id="demo-gpu0"), env.backend)
+    agent = Agent(
+        AgentConfig(controller=controller.address, agent_id="demo-gpu0", **env.agent_settings),
+        env.backend,
+    )
     agent_task = asyncio.create_task(agent.run())
     result = DemoResult()
     try:
@@ -449,7 +551,7 @@ SUMMARY_COLUMNS = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the embedded default end to end (real Triton by default)")
-    p.add_argument("--backend", choices=("triton", "sim"), default="triton")
+    p.add_argument("--backend", choices=("triton", "torchserve", "sim"), default="triton")
     p.add_argument("--step-s", type=float, default=30.0, help="seconds per load step (4 steps)")
     p.add_argument("--policy", default="dnnscaler")
     p.add_argument("--out", default="out/demo", help="folder for summary.json and demo.png")
@@ -462,8 +564,50 @@ async def _env(args: argparse.Namespace) -> AsyncIterator[DemoEnv]:
         yield SimEnv()
         return
     with tempfile.TemporaryDirectory(prefix="dnnscaler-demo-") as tmp:
+        if args.backend == "torchserve":
+            async with TorchServeEnv(TORCHSERVE_PLANS, Path(tmp)) as ts_env:
+                yield ts_env
+            return
         async with TritonEnv(TRITON_PLANS, Path(tmp)) as env:
             yield env
+
+
+def _setup_errors(backend: str) -> tuple[type[Exception], ...]:
+    """The errors that mean the demo's TorchServe could not be set up (not installed, no
+    Java, a worker that could not start, a TMPDIR too deep): told in one line, exit 1. None
+    for the other backends, whose errors propagate as before."""
+    if backend != "torchserve":
+        return ()
+    from dnnscaler.torchserve.archives import ArchiveError
+    from dnnscaler.torchserve.install import TorchServeNotInstalled
+    from dnnscaler.torchserve.launcher import TorchServeStartError
+
+    return (TorchServeNotInstalled, TorchServeStartError, ArchiveError)  # + WorkdirTooLong
+
+
+def _cancel_on_sigterm(state: dict[str, Any]) -> None:
+    """SIGTERM cancels the running task from the event loop, so that every cleanup (the
+    server's stop first) runs as on Ctrl-C; ``state`` gets ``came`` and the replaced
+    handler (``previous``), which the caller restores and calls once the loop is closed.
+
+    The CLI's own handler raises ``Terminated`` wherever the main thread is: under the
+    TorchServe demo's load that crashed CPython 3.11 (SIGSEGV in the eval loop, 3 of 3
+    tries) and left the server running."""
+    task = asyncio.current_task()
+    previous = signal.getsignal(signal.SIGTERM)
+    if (
+        task is None
+        or previous is None
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return
+
+    def cancel() -> None:
+        state["came"] = True
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel)
+    state["previous"] = previous
 
 
 def run(args: argparse.Namespace) -> int:
@@ -479,13 +623,29 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, file=log_file)
     console.print(f"dnnscaler demo ({args.backend}): logs in {out / 'demo.log'}")
 
+    # SIGTERM while the TorchServe demo runs: whether it came, and the handler it replaced.
+    sigterm: dict[str, Any] = {}
+
     async def go() -> tuple[DemoResult, list[DemoModelPlan]]:
+        if args.backend == "torchserve":
+            _cancel_on_sigterm(sigterm)
         async with _env(args) as env:
             result, _ = await run_demo(env, args.step_s, console, args.policy)
             return result, env.plans
 
     try:
-        result, plans = asyncio.run(go())
+        try:
+            result, plans = asyncio.run(go())
+        finally:
+            if "previous" in sigterm:  # closing the loop left SIGTERM at SIG_DFL
+                signal.signal(signal.SIGTERM, sigterm["previous"])
+    except _setup_errors(args.backend) as exc:
+        print(f"dnnscaler demo: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        if sigterm.get("came"):
+            signal.raise_signal(signal.SIGTERM)  # now the CLI's handler: exit 143
+        raise
     finally:
         configure_logging(args.log_level)
         log_file.close()

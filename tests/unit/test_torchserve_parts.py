@@ -80,6 +80,12 @@ def test_reader_skips_old_lines_waits_for_partial_ones_and_follows_rotation(
     assert len(reader.poll()) == 2
 
 
+BATCH_LINES = """DnnscalerBatches{ModelName="m",Level="Model",BatchSize="2",Hostname="vm",} 3.0
+DnnscalerBatches{ModelName="m",Level="Model",BatchSize="1",Hostname="vm",} 4.0
+DnnscalerBatchComputeMs{ModelName="m",Level="Model",BatchSize="2",Hostname="vm",} 30.0
+DnnscalerBatchComputeMs{ModelName="m",Level="Model",BatchSize="1",Hostname="vm",} 20.0
+"""
+
 METRICS = """# HELP ts_inference_requests_total Total number of inference requests.
 # TYPE ts_inference_requests_total counter
 ts_inference_requests_total{model_name="m",model_version="default",hostname="vm",} 10.0
@@ -103,12 +109,27 @@ def test_counters_sum_versions_and_difference_with_restart() -> None:
     assert Counters().mean_ms(0.0) is None
 
 
+def test_batch_counters_give_batch_stats_per_window() -> None:
+    from dnnscaler.core.types import BatchStat
+
+    now = parse_counters(METRICS + BATCH_LINES)["m"]
+    assert now.batches == {2: (3.0, 30.0), 1: (4.0, 20.0)}
+    prev = Counters(batches={2: (1.0, 10.0)})
+    d = now.minus(prev)
+    assert d.batch_stats() == {1: BatchStat(4, 5.0), 2: BatchStat(2, 10.0)}
+    # per request, each counting its batch's time: (4 x 1 x 5 + 2 x 2 x 10) / 8
+    assert d.compute_mean_ms() == pytest.approx(7.5)
+    assert Counters().compute_mean_ms() is None
+
+
 def test_knobs_from_a_description_and_to_a_registration() -> None:
-    desc = {"batchSize": 8, "minWorkers": 3, "maxBatchDelay": 2}
+    desc = {"batchSize": 8, "minWorkers": 3, "maxBatchDelay": 3}
     assert knobs_of(desc) == Knobs(8, 3, 2000)
-    assert delay_ms(0) == 0 and delay_ms(1) == 1 and delay_ms(2000) == 2
+    assert knobs_of({"maxBatchDelay": 0}).queue_delay_us == 0
+    # TorchServe's 0 does not batch: its window is our delay + 1 ms, rounded up.
+    assert delay_ms(0) == 1 and delay_ms(1) == 2 and delay_ms(2000) == 3
     q = register_query("m.mar", Knobs(8, 3, 2000), model_name="m", synchronous=False)
-    assert "batch_size=8" in q and "initial_workers=3" in q and "max_batch_delay=2" in q
+    assert "batch_size=8" in q and "initial_workers=3" in q and "max_batch_delay=3" in q
     assert "synchronous=false" in q and "model_name=m" in q
 
 

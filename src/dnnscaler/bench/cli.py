@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dnnscaler.bench.report import write_report
 from dnnscaler.bench.sim_bench import BENCH_POLICIES, SimBenchConfig, check_policies, run_sim_bench
+from dnnscaler.bench.torchserve_bench import add_torchserve_parser
 from dnnscaler.bench.triton_bench import add_triton_parser
 from dnnscaler.sim.profile import Profile, ProfileError, load_profiles, shipped_profiles
 
@@ -18,7 +19,7 @@ from dnnscaler.sim.profile import Profile, ProfileError, load_profiles, shipped_
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``bench`` group to a top-level CLI; returns its parser so others can add to it."""
     bench = subparsers.add_parser("bench", help="run benchmarks (tables, JSON, PNG)")
-    sub = bench.add_subparsers(dest="bench_cmd", required=True, metavar="{sim,triton}")
+    sub = bench.add_subparsers(dest="bench_cmd", required=True, metavar="{sim,triton,torchserve}")
     sim = sub.add_parser("sim", help="all policies vs the oracle on simulated GPUs")
     sim.add_argument("--profiles", type=Path, help="profile file (JSON list); default: shipped")
     sim.add_argument("--models", help="comma-separated profile names (default: all)")
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sim.add_argument("--plots", default="dnnscaler", help="policies to plot time series for")
     sim.set_defaults(func=cmd_sim)
     add_triton_parser(sub)
+    add_torchserve_parser(sub)
     return bench
 
 

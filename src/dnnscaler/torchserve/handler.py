@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import types
 from typing import Any
 
@@ -56,11 +57,34 @@ def _as_array(row: dict[str, Any]) -> np.ndarray:
     return arr.reshape(_input_dims)
 
 
+def _record_batch(context: Any, size: int, compute_ms: float) -> None:
+    """Count the batch in TorchServe's own metrics (declared in the server's metrics config,
+    ``dnnscaler.torchserve.launcher.BATCH_METRICS``): per batch size, how many batches and
+    their compute time. The agent reads them from ``/metrics`` as Triton's batch statistics.
+    """
+    metrics = getattr(context, "metrics", None)
+    if metrics is None:
+        return
+    from ts.metrics.dimension import Dimension
+
+    name = context.manifest["model"]["modelName"]
+    for metric, value in (("DnnscalerBatches", 1.0), ("DnnscalerBatchComputeMs", compute_ms)):
+        dims = [
+            Dimension("ModelName", name),
+            Dimension("Level", "Model"),
+            Dimension("BatchSize", str(size)),
+        ]
+        metrics.add_counter(metric, value, None, dims)
+
+
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:
     """TorchServe's entry point: ``handle(None, ctx)`` once to load, then one call a batch."""
     if data is None:
         _initialize(context)
         return None
+    start = time.perf_counter()
     x = np.stack([_as_array(row) for row in data])
     out = np.asarray(_model.forward(x), dtype="<f4")
-    return [out[i].tobytes() for i in range(len(data))]
+    answers = [out[i].tobytes() for i in range(len(data))]
+    _record_batch(context, len(data), (time.perf_counter() - start) * 1000.0)
+    return answers

@@ -42,9 +42,58 @@ from dnnscaler.triton.launcher import free_port
 
 log = get_logger(__name__)
 
+# TorchServe exports a handler's metrics on /metrics only when its metrics config declares
+# them: the demo handler's per-batch counters (``handler._record_batch``), appended to
+# TorchServe's own default config.
+BATCH_METRICS = """
+  counter:
+    - name: DnnscalerBatches
+      unit: count
+      dimensions: [ModelName, Level, BatchSize]
+    - name: DnnscalerBatchComputeMs
+      unit: ms
+      dimensions: [ModelName, Level, BatchSize]
+"""
+
+
+def metrics_config_text() -> str:
+    """TorchServe's default metrics config with ``BATCH_METRICS`` under ``model_metrics``."""
+    import ts
+
+    default = (Path(ts.__file__).parent / "configs" / "metrics.yaml").read_text()
+    if "model_metrics:" not in default:
+        raise RuntimeError("TorchServe's metrics.yaml has no model_metrics section")
+    return default.rstrip("\n") + "\n" + BATCH_METRICS
+
 
 class TorchServeStartError(RuntimeError):
     """The server exited, did not answer, or refused a model; the message quotes its log."""
+
+
+class WorkdirTooLong(TorchServeStartError):
+    """A work folder too deep for TorchServe's worker sockets; the message says why."""
+
+
+# A Unix socket's path holds at most 107 bytes (Linux ``sun_path``, less its NUL), and
+# TorchServe puts each worker's socket at ``<its TMPDIR>/.ts.sock.<port>``.
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME = "/tmp/.ts.sock.65535"  # our TMPDIR is <workdir>/tmp
+
+
+def check_workdir(workdir: Path) -> None:
+    """Raise ``WorkdirTooLong`` unless TorchServe's worker sockets fit under ``workdir``.
+
+    Past the limit every worker dies at start with ``OSError: AF_UNIX path too long`` and
+    the server answers 500 "Failed to start workers": a deep folder (pytest's ``tmp_path``
+    is enough) does it, so the cause is named before anything starts.
+    """
+    path = f"{workdir.resolve()}{_SOCKET_NAME}"
+    if len(path.encode()) > _SOCKET_PATH_MAX:
+        raise WorkdirTooLong(
+            f"{workdir} is too deep for TorchServe: its workers' Unix sockets would be"
+            f" {len(path.encode())} bytes long ({_SOCKET_PATH_MAX} at most); use a shorter"
+            " folder (or TMPDIR)"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,8 +134,20 @@ def register_query(
 
 
 def delay_ms(queue_delay_us: int) -> int:
-    """TorchServe's ``max_batch_delay`` is whole milliseconds: round a delay up."""
-    return (max(0, queue_delay_us) + 999) // 1000
+    """TorchServe's ``max_batch_delay`` for a queue delay: one ms more, rounded up.
+
+    Triton's delay 0 batches whatever is queued without waiting. TorchServe's 0 does not
+    batch: its batcher takes one request and at most one more that is already there
+    (measured 12-06, wide_mlp b16 at 400 rps: mean batch 1.37, saturated at 274 rps, p99
+    1.3 s; with 1 ms: mean batch 4.2, all 404 rps served, p99 57 ms). Its 1 ms is our 0:
+    a request alone waits up to 1 ms for company, a queue is taken as a batch at once.
+    """
+    return 1 + (max(0, queue_delay_us) + 999) // 1000
+
+
+def queue_delay_us(max_batch_delay_ms: int) -> int:
+    """The queue delay a ``max_batch_delay`` stands for (the inverse of ``delay_ms``)."""
+    return max(0, int(max_batch_delay_ms) - 1) * 1000
 
 
 def _http(method: str, url: str, timeout_s: float) -> tuple[int, str]:
@@ -181,6 +242,17 @@ class LocalTorchServe:
     def running(self) -> bool:
         return self._java_pid is not None and _alive(self._java_pid)
 
+    def death_note(self, lines: int = 3) -> str | None:
+        """One line on a server whose Java frontend is gone, with its logs' last lines;
+        None while it runs or before it started (the frontend is the launcher's child,
+        not ours: there is no exit code to quote)."""
+        if self.pid is None or self.running():
+            return None
+        tail = " | ".join(x.strip() for x in self.log_tail(lines).splitlines() if x.strip())
+        return (
+            f"torchserve (Java pid {self.pid}) is no longer running (log tail: {tail or '(empty)'})"
+        )
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the frontend's log and of the model log, for error messages."""
         parts = []
@@ -226,6 +298,7 @@ class LocalTorchServe:
             "metrics_mode": "prometheus",
             "job_queue_size": str(self.job_queue_size),
             "default_workers_per_model": "1",
+            "metrics_config": str(self._dir() / "metrics.yaml"),
             "vmargs": f"-Xmx{self.java_heap_mb}m -Djava.io.tmpdir={self._dir() / 'tmp'}",
         }
         return "".join(f"{k}={v}\n" for k, v in lines.items())
@@ -233,11 +306,14 @@ class LocalTorchServe:
     def _spawn(self, install: TorchServeInstall) -> None:
         self.ports = self._want_ports or TorchServePorts(*(free_port() for _ in range(5)))
         if self._workdir_arg is not None:
+            check_workdir(self._workdir_arg)
             self.workdir = self._workdir_arg
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="dnnscaler-torchserve-"))
+            check_workdir(self.workdir)
         for sub in ("tmp", "logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        (self.workdir / "metrics.yaml").write_text(metrics_config_text())
         config = self.workdir / "config.properties"
         config.write_text(self._config())
         args = [
@@ -365,7 +441,22 @@ class LocalTorchServe:
         self.stop()
 
     async def __aenter__(self) -> LocalTorchServe:
-        return await self.start_async()
+        """Start in a thread; a cancellation meanwhile (Ctrl-C, SIGTERM) waits for the
+        start to end and stops the server before it goes on. Without that the caller's
+        cleanup removed the work folder under a starting server, which recreated parts of
+        it (a bench stopped 0.5 s into a start left ``<workdir>/tmp/models``, 3 of 3
+        tries). The start is a bare executor future, not a task: ``asyncio.run`` cancels
+        every task when it unwinds, which would end the wait."""
+        started = asyncio.get_running_loop().run_in_executor(None, self.start)
+        try:
+            await asyncio.shield(started)
+        except asyncio.CancelledError:
+            while not started.done():  # bounded by the start's ready and register timeouts
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([started])
+            await asyncio.to_thread(self.stop)  # stop is idempotent
+            raise
+        return self
 
     async def __aexit__(
         self,
