@@ -591,8 +591,8 @@ def _cancel_on_sigterm(state: dict[str, Any]) -> None:
     handler (``previous``), which the caller restores and calls once the loop is closed.
 
     The CLI's own handler raises ``Terminated`` wherever the main thread is: under the
-    TorchServe demo's load that crashed CPython 3.11 (SIGSEGV in the eval loop, 3 of 3
-    tries) and left the server running."""
+    demo's load that crashed CPython 3.11 (SIGSEGV in the eval loop: the TorchServe demo
+    3 of 3 tries, the Triton demo 1 of 3) and left the server running."""
     task = asyncio.current_task()
     previous = signal.getsignal(signal.SIGTERM)
     if (
@@ -623,12 +623,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, file=log_file)
     console.print(f"dnnscaler demo ({args.backend}): logs in {out / 'demo.log'}")
 
-    # SIGTERM while the TorchServe demo runs: whether it came, and the handler it replaced.
+    # SIGTERM while the demo runs: whether it came, and the handler it replaced.
     sigterm: dict[str, Any] = {}
 
     async def go() -> tuple[DemoResult, list[DemoModelPlan]]:
-        if args.backend == "torchserve":
-            _cancel_on_sigterm(sigterm)
+        _cancel_on_sigterm(sigterm)
         async with _env(args) as env:
             result, _ = await run_demo(env, args.step_s, console, args.policy)
             return result, env.plans
