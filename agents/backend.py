@@ -7,6 +7,7 @@ true. Backends make ``apply`` idempotent and roll back to the last good config o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,22 @@ class ApplyOutcome:
     knobs_in_force: Knobs
     error: str = ""
     in_progress: bool = False
+
+
+def within_memory_budget(
+    limits: KnobLimits, instance_memory_mb: float | None, budget_mb: float | None, used_mb: float
+) -> KnobLimits:
+    """``limits`` with instances capped to what fits in ``budget_mb`` beside ``used_mb``
+    taken by the other models (hosts without NVML declare a budget instead); unchanged
+    without a budget or a footprint, and never below one instance."""
+    if budget_mb is None or instance_memory_mb is None:
+        return limits
+    fit = math.floor((budget_mb - used_mb) / instance_memory_mb + 1e-9)
+    return KnobLimits(
+        max_batch_size=limits.max_batch_size,
+        max_instances=max(1, min(limits.max_instances, fit)),
+        max_queue_delay_us=limits.max_queue_delay_us,
+    )
 
 
 class Backend(Protocol):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from dnnscaler.agents.backend import (
     KnobRejected,
     ModelInfo,
     ModelWindow,
+    within_memory_budget,
 )
 from dnnscaler.agents.host_cpu import HostCpuMeter
 from dnnscaler.core.logging import get_logger
@@ -316,18 +316,12 @@ class TorchServeBackend:
 
     def _limits(self, st: _ModelState) -> KnobLimits:
         """Declared limits, with workers capped by the memory budget if one is set."""
-        lim, mem = st.limits, st.instance_memory_mb
-        if self.memory_budget_mb is None or mem is None:
-            return lim
         used = sum(
             (m.instance_memory_mb or 0.0) * m.default.knobs.instances
             for m in self._models.values()
             if m.available and m.name != st.name
         )
-        fit = math.floor((self.memory_budget_mb - used) / mem + 1e-9)
-        return KnobLimits(
-            lim.max_batch_size, max(1, min(lim.max_instances, fit)), lim.max_queue_delay_us
-        )
+        return within_memory_budget(st.limits, st.instance_memory_mb, self.memory_budget_mb, used)
 
     def _info(self, st: _ModelState) -> ModelInfo:
         message = st.message

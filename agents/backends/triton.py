@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import math
 import re
 import time
 import urllib.error
@@ -49,6 +48,7 @@ from dnnscaler.agents.backend import (
     KnobRejected,
     ModelInfo,
     ModelWindow,
+    within_memory_budget,
 )
 from dnnscaler.agents.host_cpu import HostCpuMeter
 from dnnscaler.core.logging import get_logger
@@ -363,20 +363,13 @@ class TritonBackend:
 
     def _limits(self, st: _ModelState) -> KnobLimits:
         """Declared limits, with instances capped by the memory budget if one is set."""
-        lim = st.declared.limits
-        mem = st.declared.instance_memory_mb
-        if self.memory_budget_mb is None or mem is None:
-            return lim
         used = sum(
             (m.declared.instance_memory_mb or 0.0) * m.knobs.instances
             for m in self._models.values()
             if m.available and m.name != st.name
         )
-        fit = math.floor((self.memory_budget_mb - used) / mem + 1e-9)
-        return KnobLimits(
-            max_batch_size=lim.max_batch_size,
-            max_instances=max(1, min(lim.max_instances, fit)),
-            max_queue_delay_us=lim.max_queue_delay_us,
+        return within_memory_budget(
+            st.declared.limits, st.declared.instance_memory_mb, self.memory_budget_mb, used
         )
 
     def _info(self, st: _ModelState) -> ModelInfo:
