@@ -890,3 +890,15 @@ def test_a_held_config_says_what_its_headroom_is_credited() -> None:
     assert d.reason.startswith("holding, predicted capacity 779 rps, 1057 by its tail's headroom")
     gpu = policy.decide(_cpu(obs, None), state)
     assert gpu.knobs == Knobs(4, 2, 0), gpu.reason
+
+
+def test_no_same_load_return_from_an_exploration_that_raised_the_batch() -> None:
+    """CI run 46: b4 n2 -> b8 n3 read a worse tail at half capacity (the bigger batch's
+    longer service, not contention) and went back to b4 n2, 0.71 of the oracle."""
+    policy, state = _explored_b4n3(here_tail_ms=38.0)
+    k = Knobs(8, 3, 0)
+    left = ConfigRecord(4, 2, floor_rps=712.0, updated_s=0.0, tails=((712.0, 24.0),) * 6)
+    here = ConfigRecord(8, 3, floor_rps=708.0, updated_s=7.0, tails=((708.0, 38.0),) * 4)
+    state = replace(state, target=k, records=(left, here), left=((4, 2, 0.0),))
+    d = policy.decide(_cpu(_window_obs(8.0, k, 710.0, 38.0, 0)), state)
+    assert not d.reason.startswith("exploration beaten"), d.reason
