@@ -1,4 +1,9 @@
-"""`dnnscaler bench triton --quick` runs on a real local Triton and writes its report."""
+"""`dnnscaler bench triton --quick` runs on a real local Triton and writes its report.
+
+As short as the protocol allows, like the TorchServe smoke test: one model, a one-config
+oracle grid and a short staircase, so that it checks the wiring (adapter, two policies,
+report, PNG), not the policies' figures (those are `bench triton`'s and the convergence
+test's). The full quick grid made this test 86 s of the suite."""
 
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ def test_bench_triton_quick(tmp_path: Path, record_property: Callable[[str, obje
         "serial_io",
         "--policies",
         "dnnscaler,static-default",
+        "--grid",
+        "8x2",
+        "--step-windows",
+        "3",
         "--out",
         str(tmp_path),
     ]
