@@ -84,6 +84,7 @@ def record_for(
         window_s=cfg.window_s,
         error=run_error(run.windows, death_note, run.upstream_defect),
         failed_request_log=run.failed_request_log,
+        steps=m.step_stats(cfg.staircase, run.windows),
     )
 
 

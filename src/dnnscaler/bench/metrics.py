@@ -4,6 +4,12 @@
   p-th percentile of all latencies in its second half is within the SLO. Online capacity = rate
   of the highest step passed before two consecutive failures.
 * Violation rate: share of windows whose p-th percentile latency exceeds the SLO.
+* Violations within capacity (#19): the share of windows over the SLO among those of steps
+  offered at <= 0.9 x the oracle's capacity, leaving out the first 10 windows after each knob
+  change (a step past every config's capacity, and a reload's own tail, are not a policy's
+  fault to judge).
+* Knob changes after settling, per load level (#19's stability): in each step, the changes
+  after the step settled (all of its changes if it never did).
 * Settle time after a change: windows until latency is within the SLO and throughput
   (3-window mean) within 5 % of the segment's final throughput (or two Poisson standard
   deviations of the 3-window request count, if larger: slow models complete few requests per
@@ -139,3 +145,57 @@ def settle_windows(seg: Sequence[WindowRecord]) -> int | None:
 
 def _len(seg: Sequence[WindowRecord]) -> float:
     return seg[1].t_s - seg[0].t_s if len(seg) > 1 else 1.0
+
+
+AFTER_CHANGE = 10  # windows after a knob change left out of the within-capacity violations
+WITHIN_FRAC = 0.9  # steps offered at or under this share of the oracle's capacity count
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One staircase step's share of the #19 figures; a record keeps one per step, so that
+    they can be judged against the oracle's run once it is known."""
+
+    rate_rps: float
+    judged: int  # windows counted for violations: not within AFTER_CHANGE of a knob change
+    violated: int  # of those, windows over the SLO
+    changes: int  # knob changes in the step
+    changes_after_settle: int  # changes once the step had settled (all, if it never did)
+
+
+def step_stats(st: Staircase, windows: Sequence[WindowRecord]) -> tuple[StepStats, ...]:
+    """Per complete step of a staircase run (``windows`` without any warm-up)."""
+    out = []
+    since = AFTER_CHANGE  # the run's first knobs are not a change
+    for j in range(len(windows) // st.step_windows):
+        seg = windows[j * st.step_windows : (j + 1) * st.step_windows]
+        judged = violated_n = 0
+        for w in seg:
+            since = 0 if w.changed else since + 1
+            if since >= AFTER_CHANGE:
+                judged += 1
+                violated_n += violated(w)
+        settle = settle_windows(seg)
+        changed_at = [i for i, w in enumerate(seg) if w.changed]
+        after = len(changed_at) if settle is None else sum(i > settle for i in changed_at)
+        out.append(StepStats(seg[0].rate_rps, judged, violated_n, len(changed_at), after))
+    return tuple(out)
+
+
+def within_capacity(steps: Sequence[StepStats], capacity_rps: float) -> list[StepStats]:
+    """The steps offered at or under ``WITHIN_FRAC`` x ``capacity_rps``."""
+    bound = WITHIN_FRAC * capacity_rps * (1 + 1e-9)
+    return [s for s in steps if s.rate_rps <= bound]
+
+
+def violation_rate_within(steps: Sequence[StepStats], capacity_rps: float) -> float | None:
+    """Violations within capacity (see the module's docstring); None if no window counts."""
+    inside = within_capacity(steps, capacity_rps)
+    judged = sum(s.judged for s in inside)
+    return sum(s.violated for s in inside) / judged if judged else None
+
+
+def changes_after_settle_max(steps: Sequence[StepStats], capacity_rps: float) -> int | None:
+    """The most knob changes after settling in one step within capacity; None if none."""
+    inside = within_capacity(steps, capacity_rps)
+    return max((s.changes_after_settle for s in inside), default=None)

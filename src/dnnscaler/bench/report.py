@@ -62,6 +62,9 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
         "/aimd",
         "/paper",
         "violations (scen)",
+        "viol. in cap",
+        "chg after settle",
+        "interf. viol (oracle)",
         "settle start/chg",
         "knob changes",
         "failed",
@@ -86,6 +89,9 @@ def model_table(model: str, records: Sequence[BenchRecord]) -> Table:
             _ratio(r.ratio_to_aimd),
             _ratio(r.ratio_to_paper),
             _viol(r),
+            _pct(r.violation_rate_within),
+            _int(r.changes_after_settle_max),
+            _interf(r),
             _settle(r),
             str(r.knob_changes),
             str(r.failed_requests),
@@ -104,6 +110,8 @@ def summary_rows(records: Sequence[BenchRecord]) -> list[dict[str, Any]]:
         vr = [r.violation_rate for r in rs if math.isfinite(r.violation_rate)]
         ra = [r.ratio_to_aimd for r in rs if r.ratio_to_aimd is not None]
         rp = [r.ratio_to_paper for r in rs if r.ratio_to_paper is not None]
+        vw = [r.violation_rate_within for r in rs if r.violation_rate_within is not None]
+        cs = [r.changes_after_settle_max for r in rs if r.changes_after_settle_max is not None]
         ra_f = [x for x in ra if math.isfinite(x)]
         row: dict[str, Any] = {
             "policy": pol,
@@ -116,6 +124,9 @@ def summary_rows(records: Sequence[BenchRecord]) -> list[dict[str, Any]]:
             "mean_ratio_to_paper": sum(rp) / len(rp) if rp else None,
             "mean_violation_rate": sum(vr) / len(vr) if vr else None,
             "mean_scenario_violation_rate": sum(sv) / len(sv) if sv else None,
+            "mean_violation_rate_within": sum(vw) / len(vw) if vw else None,
+            "max_violation_rate_within": max(vw) if vw else None,
+            "max_changes_after_settle": max(cs) if cs else None,
             "failed_requests": sum(r.failed_requests for r in rs),
         }
         if any(r.error for r in records):  # only where some run failed (real-server benches)
@@ -139,8 +150,9 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
     """The per-model figures as one Markdown table, then the per-policy summary."""
     head = (
         "| model | SLO | policy | approach | final knobs | online cap rps | /oracle | /oracle run "
-        "| /aimd | /paper | violations (scen) | settle start/chg | knob changes | failed |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| /aimd | /paper | violations (scen) | viol. in cap | chg after settle "
+        "| interf. viol (oracle) | settle start/chg | knob changes | failed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in records:
@@ -149,7 +161,9 @@ def markdown_tables(records: Sequence[BenchRecord]) -> str:
             f"| {fmt_knobs(r.final_knobs)} | {r.online_capacity_rps:.1f}"
             f"{'*' if r.low_staircase else ''} "
             f"| {_ratio(r.ratio_to_oracle)} | {_ratio(r.ratio_to_oracle_run)} "
-            f"| {_ratio(r.ratio_to_aimd)} | {_ratio(r.ratio_to_paper)} | {_viol(r)} | {_settle(r)} "
+            f"| {_ratio(r.ratio_to_aimd)} | {_ratio(r.ratio_to_paper)} | {_viol(r)} "
+            f"| {_pct(r.violation_rate_within)} | {_int(r.changes_after_settle_max)} "
+            f"| {_interf(r)} | {_settle(r)} "
             f"| {r.knob_changes} | {r.failed_requests} |"
         )
     summ = summary_rows(records)
@@ -312,3 +326,18 @@ def plot_timeseries(model: str, policy: str, ws: Sequence[WindowRecord], path: P
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _int(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
+def _interf(r: BenchRecord) -> str:
+    """Windows over the SLO after the interference slowdown, ours (the oracle's)."""
+    if r.interference_violation_rate is None:
+        return "-"
+    return f"{_pct(r.interference_violation_rate)} ({_pct(r.oracle_interference_violation_rate)})"

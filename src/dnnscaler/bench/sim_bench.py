@@ -126,6 +126,7 @@ class StaircaseRun:
     staircase: m.Staircase
     online_rps: float
     passed_windows: tuple[WindowRecord, ...]  # warm-up excluded, up to the highest passed step
+    steps: tuple[m.StepStats, ...] = ()  # per step, warm-up excluded (#19's figures)
 
 
 def run_staircase(
@@ -162,7 +163,8 @@ def run_staircase(
     steps = m.step_results(st, stair.windows[warm:], stair.latencies_ms[warm:], slo.percentile)
     online, best_j = m.online_capacity(steps)
     upto = stair.windows[warm : warm + (best_j + 1) * st.step_windows] if best_j >= 0 else ()
-    return StaircaseRun(stair, st, online, tuple(upto))
+    stats = m.step_stats(st, stair.windows[warm:])
+    return StaircaseRun(stair, st, online, tuple(upto), stats)
 
 
 def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfig) -> PolicyOutcome:
@@ -258,6 +260,8 @@ def run_policy(profile: Profile, name: str, oracles: Oracles, cfg: SimBenchConfi
         window_s=win,
         scenarios=(load[0], slo_run[0], int_run[0]),
         low_staircase=low_stair,
+        steps=run.steps,
+        interference_violation_rate=m.violation_rate(int_run[1].windows[p:]),
     )
     return PolicyOutcome(rec, stair.windows)
 
