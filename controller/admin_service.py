@@ -133,6 +133,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             reports=a.reports,
             paused=flags.paused,
             draining=flags.draining,
+            lost=a.lost,
         )
 
     async def ListAgents(

@@ -21,15 +21,20 @@ from dnnscaler.controller.events import Event
 from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, Registry
+from dnnscaler.controller.report_checks import (
+    MAX_MODELS,
+    ModelCheck,
+    Problem,
+    check_report,
+    state_problems,
+)
 from dnnscaler.core.convert import (
     knobs_from_pb,
     knobs_to_pb,
     limits_from_pb,
-    telemetry_from_pb,
-    window_from_pb,
 )
 from dnnscaler.core.logging import get_logger
-from dnnscaler.core.types import InvalidValue, WindowStats
+from dnnscaler.core.types import InvalidValue, Knobs, WindowStats
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc
 
 log = get_logger(__name__)
@@ -113,6 +118,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             if getter is not None:
                 getter.cancel()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                err = reader.exception()
+                self.metrics.bad_messages.inc()
+                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else ""
+                bound.warning("agent_stream_error", error=repr(err)[:SHOWN_CHARS], code=code)
             reader.cancel()
             current = self.registry.agents.get(record.agent_id)
             if current is record and record.session == session:
@@ -158,14 +168,76 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session=(old.session + 1) if old else 1,
         )
         for ms in hello.models:
+            problems = state_problems(ms)
+            if len(rec.models) >= MAX_MODELS:
+                problems.append(Problem("model", f"more than {MAX_MODELS} models on one agent"))
+            if problems:
+                self._refused(rec.agent_id, ModelCheck(ms.name, ms, None, tuple(problems)))
+                continue
+            previous = old.models.get(ms.name) if old else None
+            desired = previous.desired_knobs() if previous is not None else None
             try:
-                self._upsert_model(rec, ms, old.models.get(ms.name) if old else None)
+                loop = self._upsert_model(rec, ms, previous)
             except InvalidValue as e:
                 log.warning(
                     "bad_model_state", agent=rec.agent_id, model=ms.name[:SHOWN_CHARS], error=str(e)
                 )
+                continue
+            if desired is not None and ms.generation == 0 and loop.generation > 0:
+                self._restore(rec, loop, desired)
         self.registry.agents[rec.agent_id] = rec
+        if old is not None and old.lost:
+            log.info("agent_back", agent=rec.agent_id, models=sorted(rec.models))
         return rec
+
+    def _restore(self, rec: AgentRecord, loop: ModelLoop, desired: Knobs) -> None:
+        """A restarted agent (generation 0) whose loops this controller kept: put back the
+        knobs they had (``ModelLoop.restore``) rather than let the policy start over."""
+        reported = loop.knobs
+        update = loop.restore(desired, time.monotonic())
+        log.info(
+            "loop_kept",
+            agent=rec.agent_id,
+            model=loop.model,
+            reported=str(reported),
+            restore=str(update.knobs) if update else None,
+        )
+        if update is None:
+            return
+        self.registry.record_decision(loop, reported, update.knobs, "agent restart")
+        self.registry.persist_loop(loop)
+        rec.outbox.put_nowait(
+            agent_pb2.ControllerMessage(
+                knob_update=agent_pb2.KnobUpdate(
+                    model=loop.model,
+                    generation=update.generation,
+                    knobs=knobs_to_pb(update.knobs),
+                    reason=loop.last_reason,
+                )
+            )
+        )
+
+    def _refused(self, agent_id: str, mc: ModelCheck) -> None:
+        """A model's state or window not taken (``report_checks``): logged with the
+        reasons and counted by field; its loop, knobs and policy state stay as they were."""
+        log.warning(
+            "model_report_rejected",
+            agent=agent_id,
+            model=mc.name[:SHOWN_CHARS],
+            reasons=[str(p) for p in mc.rejected],
+        )
+        for field in sorted({p.field for p in mc.rejected}):
+            self.metrics.report_problems.labels(field=field, outcome="rejected").inc()
+
+    def _clamped(self, agent_id: str, model: str, problems: tuple[Problem, ...]) -> None:
+        log.info(
+            "report_values_clamped",
+            agent=agent_id,
+            model=model[:SHOWN_CHARS],
+            reasons=[str(p) for p in problems],
+        )
+        for field in sorted({p.field for p in problems}):
+            self.metrics.report_problems.labels(field=field, outcome="clamped").inc()
 
     def _upsert_model(
         self, rec: AgentRecord, ms: agent_pb2.ModelState, previous: ModelLoop | None
@@ -195,17 +267,33 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     def _on_report(self, rec: AgentRecord, report: agent_pb2.Report) -> None:
         t0 = time.monotonic()
+        checked = check_report(report, rec.models.keys(), rec.last_seq)
+        if checked.rejected:
+            log.warning(
+                "report_rejected", agent=rec.agent_id, reasons=[str(p) for p in checked.rejected]
+            )
+            for p in checked.rejected:
+                self.metrics.report_problems.labels(field=p.field, outcome="rejected").inc()
+            return
+        rec.last_seq = max(rec.last_seq, int(report.seq))
+        if checked.clamped:
+            self._clamped(rec.agent_id, "", checked.clamped)
         rec.reports += 1
         rec.backend_available = report.backend_available
-        rec.backend_message = report.backend_message
-        rec.telemetry = telemetry_from_pb(report.gpu)
+        rec.backend_message = checked.backend_message
+        rec.telemetry = checked.telemetry
         reported = set()
-        for mr in report.models:
-            name = mr.state.name
+        for mc in checked.models:
+            name = mc.name
             reported.add(name)
+            if mc.window is None:
+                self._refused(rec.agent_id, mc)
+                continue
+            if mc.clamped:
+                self._clamped(rec.agent_id, name, mc.clamped)
             try:
-                loop = self._upsert_model(rec, mr.state, None)
-                window = window_from_pb(mr.window)
+                loop = self._upsert_model(rec, mc.state, None)
+                window = mc.window
             except InvalidValue as e:
                 log.warning(
                     "bad_model_report", agent=rec.agent_id, model=name[:SHOWN_CHARS], error=str(e)
@@ -306,20 +394,30 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     # -- housekeeping ------------------------------------------------------------------
     def reap_stale(self) -> list[str]:
-        """Drop agents silent for longer than ``stale_after_s``; returns the dropped ids."""
+        """Mark agents silent for longer than ``stale_after_s`` lost (their stream, if any,
+        is closed); returns the ids newly lost. The record and its models' loops (knobs,
+        policy state) stay, in memory and in the store: the same agent id reconnecting
+        carries on from them (``_register``), with no profiling from scratch."""
         now = time.monotonic()
         dropped = []
         for aid, rec in list(self.registry.agents.items()):
-            if now - rec.last_seen_s > self.registry.config.stale_after_s:
+            if not rec.lost and now - rec.last_seen_s > self.registry.config.stale_after_s:
                 rec.outbox.put_nowait(_CLOSE)
-                del self.registry.agents[aid]
+                rec.connected = False
+                rec.lost = True
+                for loop in rec.models.values():
+                    loop.available = False
+                    loop.message = "agent lost: its state is kept for its return"
                 dropped.append(aid)
                 silent = round(now - rec.last_seen_s, 1)
-                log.warning("agent_dropped_stale", agent=aid, silent_s=silent)
+                log.warning("agent_lost", agent=aid, silent_s=silent, models=sorted(rec.models))
                 self.registry.events.publish(
-                    Event("agent_lost", aid, message=f"silent for {silent} s: dropped")
+                    Event("agent_lost", aid, message=f"silent for {silent} s: lost, state kept")
                 )
-        states = [a.connected for a in self.registry.agents.values()]
-        self.metrics.agents.labels(state="connected").set(sum(states))
-        self.metrics.agents.labels(state="disconnected").set(len(states) - sum(states))
+        agents = list(self.registry.agents.values())
+        connected = sum(a.connected for a in agents)
+        lost = sum(a.lost for a in agents)
+        self.metrics.agents.labels(state="connected").set(connected)
+        self.metrics.agents.labels(state="disconnected").set(len(agents) - connected - lost)
+        self.metrics.agents.labels(state="lost").set(lost)
         return dropped

@@ -20,6 +20,12 @@ class ControllerMetrics:
             "Agent messages logged and skipped",
             registry=self.registry,
         )
+        self.report_problems = Counter(
+            "dnnscaler_agent_report_problems",
+            "Values from agents refused (their model's window unused) or clamped, by field",
+            ["field", "outcome"],
+            registry=self.registry,
+        )
         self.knob_updates = Counter(
             "dnnscaler_knob_updates", "Knob updates sent", ["model"], registry=self.registry
         )

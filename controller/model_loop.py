@@ -145,6 +145,33 @@ class ModelLoop:
             self.last_error = error or "apply failed"
             log.warning("apply_failed", agent=self.agent_id, model=self.model, error=error)
 
+    def desired_knobs(self) -> Knobs:
+        """What this loop last wanted in force: the update in flight, else the knobs."""
+        return self.pending.knobs if self.pending is not None else self.knobs
+
+    def restore(self, desired: Knobs, now_s: float) -> PendingUpdate | None:
+        """A restarted agent (it reports generation 0: no memory of any update) came back
+        with knobs other than ``desired``, which this loop had put in force before the agent
+        was lost: send them again, so that the policy's kept state matches the server. An
+        update in flight to the old process is dropped (it died with it). Not a policy
+        move: ``knob_changes`` stays. Returns the update to send, or None when the knobs
+        are already right or ``desired`` no longer fits the limits the agent now reports
+        (then the agent's knobs stand and the policy takes up from them)."""
+        self.pending = None
+        if desired == self.knobs:
+            return None
+        try:
+            desired.validate(self.limits)
+        except InvalidValue as e:
+            log.warning(
+                "restore_out_of_limits", agent=self.agent_id, model=self.model, error=str(e)
+            )
+            return None
+        self.generation += 1
+        self.last_reason = f"restore {desired} after the agent restarted"
+        self.pending = PendingUpdate(generation=self.generation, knobs=desired, sent_at_s=now_s)
+        return self.pending
+
     def decide(
         self,
         now_s: float,

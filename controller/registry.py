@@ -50,6 +50,10 @@ class AgentRecord:
     outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     # Bumped on every (re)connect so an old stream's cleanup cannot remove a new one.
     session: int = 0
+    # Silent for longer than stale_after_s: its models' loops are kept for its return.
+    lost: bool = False
+    # The highest report sequence number taken on this stream (report_checks).
+    last_seq: int = 0
 
 
 @dataclass

@@ -416,7 +416,7 @@ def agent_rows(agents: list[admin_pb2.AgentStatus]) -> Table:
             a.node,
             f"{a.gpu.index} {a.gpu.name}".strip(),
             a.backend_kind,
-            "yes" if a.connected else "no",
+            "yes" if a.connected else "lost" if a.lost else "no",
             "yes" if a.backend_available else f"no: {a.backend_message}",
             f"{a.last_report_age_s:.1f}",
             _fmt(tel.utilization_pct if tel.HasField("utilization_pct") else None),

@@ -157,8 +157,13 @@ async def test_agent_started_before_controller_connects_with_backoff(
         await c.stop()
 
 
-async def test_stale_agent_is_dropped(controller, start_agent) -> None:
+async def test_stale_agent_is_marked_lost_and_its_models_kept(controller, start_agent) -> None:
+    """A silent agent is lost, not forgotten: its record and model loops stay for its
+    return (#18; tests/e2e/test_agent_kill9.py covers the return)."""
     ra = await start_agent(controller.address, "goner", {"m": ("imagenet/Inc-V1", 50.0)})
-    await wait_for(lambda: "goner" in controller.registry.agents)
+    await wait_for(lambda: "m" in getattr(controller.registry.agents.get("goner"), "models", {}))
+    loop = controller.registry.agents["goner"].models["m"]
     await ra.stop()
-    await wait_for(lambda: "goner" not in controller.registry.agents, timeout_s=15)
+    await wait_for(lambda: controller.registry.agents["goner"].lost, timeout_s=15)
+    rec = controller.registry.agents["goner"]
+    assert not rec.connected and rec.models["m"] is loop and not loop.available

@@ -12,7 +12,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "node", "gpu", "backend_kind", "connected", "backend_available", "backend_message", "last_report_age_s", "telemetry", "models", "reports", "paused", "draining")
+    __slots__ = ("agent_id", "node", "gpu", "backend_kind", "connected", "backend_available", "backend_message", "last_report_age_s", "telemetry", "models", "reports", "paused", "draining", "lost")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class AgentStatus(_message.Message):
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     node: str
     gpu: _common_pb2.GpuInfo
@@ -39,7 +40,8 @@ class AgentStatus(_message.Message):
     reports: int
     paused: bool
     draining: bool
-    def __init__(self, agent_id: _Optional[str] = ..., node: _Optional[str] = ..., gpu: _Optional[_Union[_common_pb2.GpuInfo, _Mapping]] = ..., backend_kind: _Optional[str] = ..., connected: _Optional[bool] = ..., backend_available: _Optional[bool] = ..., backend_message: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.GpuTelemetry, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., reports: _Optional[int] = ..., paused: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+    lost: bool
+    def __init__(self, agent_id: _Optional[str] = ..., node: _Optional[str] = ..., gpu: _Optional[_Union[_common_pb2.GpuInfo, _Mapping]] = ..., backend_kind: _Optional[str] = ..., connected: _Optional[bool] = ..., backend_available: _Optional[bool] = ..., backend_message: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.GpuTelemetry, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., reports: _Optional[int] = ..., paused: _Optional[bool] = ..., draining: _Optional[bool] = ..., lost: _Optional[bool] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
