@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -55,11 +55,32 @@ class _Observed:
 
 
 @dataclass
+class _Failed:
+    """Knobs whose apply failed at the server: how often in a row, and when they may be
+    tried again (monotonic seconds)."""
+
+    count: int
+    retry_at_s: float
+
+
+MAX_FAILED_KNOBS = 16  # failed knob sets remembered per model (oldest forgotten first)
+
+
+@dataclass
 class _ModelProgress:
     applied_generation: int = 0
     seen_generation: int = 0
     # An apply still running in the server (e.g. a reload): (generation, target knobs).
     in_progress: tuple[int, Knobs] | None = None
+    # The knobs of the last update that landed (before the first: those in force when the
+    # agent first saw the model): what the controller wants in force. A server that comes
+    # back from an outage with other knobs (a restart reads its repository's config) is
+    # set back to these.
+    good_knobs: Knobs | None = None
+    # The server or the model was unavailable since the knobs were last checked.
+    recheck: bool = False
+    # Knobs whose apply failed, with their backoff (``AgentConfig.apply_backoff_*``).
+    failed: dict[Knobs, _Failed] = field(default_factory=dict)
 
 
 class Agent:
@@ -88,6 +109,12 @@ class Agent:
         self._observation: asyncio.Task[_Observed] | None = None
         self._observation_started_s = 0.0
         self._stalled = False
+        # Reconnect attempts that failed before a welcome (each followed by a backoff).
+        self.connect_failures = 0
+        # Applies that reached the server, and updates held back by the apply backoff.
+        self.apply_attempts = 0
+        self.held_back = 0
+        self.reconciles = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -104,12 +131,7 @@ class Agent:
                 retry=tenacity.retry_if_exception_type(
                     (_NotEstablished, grpc.aio.AioRpcError, OSError)
                 ),
-                before_sleep=lambda rs: self.log.info(
-                    "controller_unreachable",
-                    controller=self.config.controller,
-                    attempt=rs.attempt_number,
-                    error=str(rs.outcome.exception()) if rs.outcome else "",
-                ),
+                before_sleep=self._before_reconnect,
             )
             try:
                 async for attempt in retrying:
@@ -125,6 +147,15 @@ class Agent:
                 await self._observation
             self._observation = None
         self.log.info("agent_stopped")
+
+    def _before_reconnect(self, rs: tenacity.RetryCallState) -> None:
+        self.connect_failures += 1
+        self.log.info(
+            "controller_unreachable",
+            controller=self.config.controller,
+            attempt=rs.attempt_number,
+            error=str(rs.outcome.exception()) if rs.outcome else "",
+        )
 
     async def _ensure_backend(self) -> bool:
         try:
@@ -157,6 +188,9 @@ class Agent:
         keepalive = (
             ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+            # gRPC 1.6x waits this long (default 60 s) for any ping's ack, whatever the
+            # keepalive timeout says: a stalled link went unnoticed for 40 s without it.
+            ("grpc.http2.ping_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         )
@@ -172,13 +206,23 @@ class Agent:
             call = stub.Connect(outgoing())
             reporter: asyncio.Task[None] | None = None
             stopper = asyncio.create_task(self._stop.wait())
+            welcome_by = time.monotonic() + cfg.connect_timeout_s
             try:
                 it = call.__aiter__()
                 while True:
                     nxt = asyncio.ensure_future(it.__anext__())
+                    # Until the welcome, the attempt is bounded: a stalled link (the TCP
+                    # connection opens, no byte comes back) is retried with backoff.
+                    limit = None if established else max(0.0, welcome_by - time.monotonic())
                     done, _ = await asyncio.wait(
-                        {nxt, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        {nxt, stopper}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
                     )
+                    if not done:
+                        nxt.cancel()
+                        call.cancel()
+                        raise _NotEstablished(
+                            f"no welcome within {cfg.connect_timeout_s:g} s of opening the stream"
+                        )
                     if nxt not in done:
                         nxt.cancel()
                         call.cancel()
@@ -235,9 +279,14 @@ class Agent:
         if prog.in_progress is not None and info.knobs == prog.in_progress[1]:
             # The background apply has landed: only now is its generation in force.
             prog.applied_generation = prog.in_progress[0]
+            prog.good_knobs = prog.in_progress[1]
             prog.in_progress = None
             self.log.info("apply_completed", model=info.name, generation=prog.applied_generation)
             self.metrics.applies.labels(info.name, "ok").inc()
+        if prog.good_knobs is None and info.available and prog.in_progress is None:
+            prog.good_knobs = info.knobs  # fail-static: what serves now is kept
+        if not info.available:
+            prog.recheck = True
         ms = agent_pb2.ModelState(
             name=info.name,
             knobs=knobs_to_pb(info.knobs),
@@ -323,6 +372,9 @@ class Agent:
         rep = agent_pb2.Report(seq=self._seq, sent_at_unix_s=time.time())
         obs = await self._bounded_observation()
         own: GpuTelemetry | None = None
+        if obs is None or not self.backend_available:
+            for prog in self.progress.values():
+                prog.recheck = True
         if obs is None:
             # Still a report (a heartbeat): the controller sees why, not a silent agent.
             rep.backend_available = False
@@ -331,6 +383,7 @@ class Agent:
             for mw in obs.models:
                 rep.models.add(state=self._model_state(mw.info), window=window_to_pb(mw.window))
                 self.metrics.window(mw.info.name, mw.info.knobs, mw.window)
+                self._reconcile_if_drifted(mw.info)
             rep.backend_available = self.backend_available
             rep.backend_message = self.backend_message
             own = obs.telemetry
@@ -382,6 +435,57 @@ class Agent:
         own = await self.backend.gpu_telemetry() if self.backend_available else None
         return _Observed(models, own)
 
+    def _reconcile_if_drifted(self, info: ModelInfo) -> None:
+        """After an outage of the server or of the model (a restart reads the repository's
+        config, not the knobs the controller set), a model served with other knobs than
+        the last update that landed is set back to them, in the background, with that
+        update's generation. Not while an apply for the model runs or lands; the apply
+        backoff holds back knobs that keep failing. Only after an outage: a server that
+        stayed up is not second-guessed (a TorchServe worker count can lag an apply)."""
+        prog = self.progress.get(info.name)
+        if prog is None or not prog.recheck or prog.good_knobs is None or not info.available:
+            return
+        if prog.in_progress is not None:
+            return
+        if info.knobs == prog.good_knobs:
+            prog.recheck = False
+            return
+        failed = prog.failed.get(prog.good_knobs)
+        if failed is not None and time.monotonic() < failed.retry_at_s:
+            return  # failed just now: the backoff says when to try again
+        lock = self._apply_locks.setdefault(info.name, asyncio.Lock())
+        if lock.locked():
+            return
+        task = asyncio.create_task(self._reconcile(info.name, prog.good_knobs, info.knobs))
+        self._applies.add(task)
+        task.add_done_callback(self._applies.discard)
+
+    async def _reconcile(self, model: str, want: Knobs, found: Knobs) -> None:
+        lock = self._apply_locks.setdefault(model, asyncio.Lock())
+        prog = self.progress.setdefault(model, _ModelProgress())
+        async with lock:
+            if prog.good_knobs != want or prog.in_progress is not None:
+                return  # a newer update got there first
+            generation = prog.applied_generation
+            mlog = self.log.bind(model=model, generation=generation)
+            mlog.warning(
+                "knobs_drifted_reapplying",
+                found_batch=found.max_batch_size,
+                found_instances=found.instances,
+                want_batch=want.max_batch_size,
+                want_instances=want.instances,
+            )
+            self.reconciles += 1
+            outcome = await self._apply_gated(model, prog, want, mlog)
+            if outcome.ok and outcome.in_progress:
+                prog.in_progress = (generation, want)
+            if outcome.ok:
+                prog.recheck = False
+            kind = "reconciled" if outcome.ok else "reconcile_failed"
+            self.metrics.applies.labels(model, kind).inc()
+            if not outcome.ok:
+                mlog.warning("reconcile_failed", error=outcome.error)
+
     async def _apply(self, model: str, generation: int, knobs: Knobs) -> None:
         """Apply one update, idempotently by generation, one at a time per model.
 
@@ -404,13 +508,49 @@ class Agent:
                     return
                 prog.seen_generation = generation
                 first = False
-                outcome = await self._apply_once(model, knobs, mlog)
+                outcome = await self._apply_gated(model, prog, knobs, mlog)
                 busy = not outcome.ok and outcome.in_progress
                 if not busy or time.monotonic() >= deadline:
                     self._record(model, prog, generation, knobs, outcome, mlog)
                     return
             mlog.info("backend_busy_retrying", error=outcome.error)
             await asyncio.sleep(self.config.busy_retry_interval_s)
+
+    async def _apply_gated(
+        self, model: str, prog: _ModelProgress, knobs: Knobs, mlog: Any
+    ) -> ApplyOutcome:
+        """``_apply_once``, unless these knobs failed at the server and their backoff has
+        not passed: then the server is not touched and the answer says when they may be
+        tried again. The outcome of a real attempt updates the backoff."""
+        now = time.monotonic()
+        failed = prog.failed.get(knobs)
+        if failed is not None and now < failed.retry_at_s:
+            self.held_back += 1
+            self.metrics.applies.labels(model, "held_back").inc()
+            wait_s = failed.retry_at_s - now
+            return ApplyOutcome(
+                ok=False,
+                knobs_in_force=prog.good_knobs or await self._knobs_now(model, knobs),
+                error=f"held back: these knobs failed {failed.count} time(s) in a row;"
+                f" next attempt in {wait_s:.1f} s",
+            )
+        self.apply_attempts += 1
+        outcome = await self._apply_once(model, knobs, mlog)
+        if outcome.ok:
+            prog.failed.pop(knobs, None)
+        elif not outcome.in_progress and not outcome.error.startswith("backend unavailable"):
+            # The server took the attempt and refused it: back off before the next one.
+            count = failed.count + 1 if failed is not None else 1
+            delay = min(
+                self.config.apply_backoff_initial_s * 2 ** (count - 1),
+                self.config.apply_backoff_max_s,
+            )
+            prog.failed.pop(knobs, None)
+            prog.failed[knobs] = _Failed(count, time.monotonic() + delay)
+            while len(prog.failed) > MAX_FAILED_KNOBS:
+                prog.failed.pop(next(iter(prog.failed)))
+            mlog.info("apply_backoff", failures=count, retry_in_s=round(delay, 1))
+        return outcome
 
     async def _apply_once(self, model: str, knobs: Knobs, mlog: Any) -> ApplyOutcome:
         try:
@@ -440,6 +580,7 @@ class Agent:
             prog.in_progress = (generation, knobs)
         elif outcome.ok:
             prog.applied_generation = generation
+            prog.good_knobs = knobs
             prog.in_progress = None
         # "started": a background apply (a reload), counted "ok" when it lands.
         kind = ("started" if outcome.in_progress else "ok") if outcome.ok else "failed"

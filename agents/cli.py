@@ -29,6 +29,10 @@ HELPS = {
     "backoff_max_s": "longest reconnect delay",
     "busy_retry_s": "an update the backend cannot take yet is retried this long",
     "busy_retry_interval_s": "between those retries",
+    "apply_backoff_initial_s": "knobs whose apply failed are not tried again for this long"
+    " (doubling per failure)",
+    "apply_backoff_max_s": "longest wait before knobs that failed are tried again",
+    "connect_timeout_s": "the controller's welcome must come this soon, else reconnect",
     "backend_timeout_s": "a backend call slower than this is reported as not answering",
     "backend": "the inference server to steer",
     "triton_grpc": "triton backend: gRPC HOST:PORT",

@@ -41,6 +41,15 @@ class AgentConfig:
     # An update the backend cannot take yet (busy with an earlier change) is retried this long.
     busy_retry_s: float = 90.0
     busy_retry_interval_s: float = 0.5
+    # An update whose apply failed at the server is not tried again with the same knobs
+    # for apply_backoff_initial_s, doubling per failure up to apply_backoff_max_s: a
+    # controller that keeps asking for knobs the server refuses must not turn into a
+    # reload loop. Updates meanwhile are answered "held back" without touching the server.
+    apply_backoff_initial_s: float = 2.0
+    apply_backoff_max_s: float = 120.0
+    # The controller's welcome must come this long after the stream opens, or the attempt
+    # is given up and retried with backoff (a stalled link must not hold a reconnect).
+    connect_timeout_s: float = 10.0
     # A backend call for a report (observe, reconnect) or a hello that takes longer than this
     # is reported as the backend not answering, and the agent goes on reporting meanwhile: a
     # hung server must not make the agent look dead to the controller (stale_after_s).
@@ -104,6 +113,9 @@ class AgentConfig:
             "backoff_max_s",
             "busy_retry_s",
             "busy_retry_interval_s",
+            "apply_backoff_initial_s",
+            "apply_backoff_max_s",
+            "connect_timeout_s",
             "backend_timeout_s",
             "keepalive_s",
             "keepalive_timeout_s",
@@ -113,6 +125,8 @@ class AgentConfig:
                 raise InvalidValue(name, f"must be > 0, got {v}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise InvalidValue("backoff_max_s", "must be >= backoff_initial_s")
+        if self.apply_backoff_max_s < self.apply_backoff_initial_s:
+            raise InvalidValue("apply_backoff_max_s", "must be >= apply_backoff_initial_s")
         if self.backend not in BACKENDS:
             raise InvalidValue(
                 "backend", f"unknown backend {shown(self.backend)}; valid: {', '.join(BACKENDS)}"

@@ -26,6 +26,16 @@ class ControllerMetrics:
             ["field", "outcome"],
             registry=self.registry,
         )
+        self.reports_superseded = Counter(
+            "dnnscaler_reports_superseded",
+            "Reports replaced by their agent's newer one before a decision (overload)",
+            registry=self.registry,
+        )
+        self.report_queue = Gauge(
+            "dnnscaler_report_queue",
+            "Reports waiting for a decision (at most one per agent)",
+            registry=self.registry,
+        )
         self.knob_updates = Counter(
             "dnnscaler_knob_updates", "Knob updates sent", ["model"], registry=self.registry
         )
@@ -33,6 +43,32 @@ class ControllerMetrics:
             "dnnscaler_report_decision_seconds",
             "Time from a report's arrival to the decisions for all its models",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        # From the agent's send (its ``sent_at_unix_s``, wall clock) to the decisions made:
+        # the queueing a loaded controller adds shows here, not in decision_seconds.
+        self.report_age_seconds = Histogram(
+            "dnnscaler_report_age_at_decision_seconds",
+            "Time from the agent's send of a report to the decisions for all its models",
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.02,
+                0.035,
+                0.05,
+                0.075,
+                0.1,
+                0.15,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+                10.0,
+                30.0,
+            ),
             registry=self.registry,
         )
         self.agents = Gauge("dnnscaler_agents", "Agents known", ["state"], registry=self.registry)

@@ -158,6 +158,7 @@ class Controller:
             await self._server.stop(self.config.grace_s)
             self._server = None
             log.info("controller_stopped")
+        await self.agent_service.close()
 
     async def wait(self) -> None:
         assert self._server is not None

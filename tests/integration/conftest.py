@@ -3,7 +3,8 @@
 Each test module shares ONE server (module-scoped ``triton_server``): the module sets
 ``TRITON_DEMO_MODELS`` (demo models to write and load) and optionally
 ``TRITON_EXTRA_MODELS`` (test-only models written by ``write_test_model``) and
-``TRITON_EXTRA_ARGS`` (more ``tritonserver`` flags).
+``TRITON_EXTRA_ARGS`` (more ``tritonserver`` flags), ``TRITON_SAME_PORTS`` (a restart keeps
+the ports) and ``TRITON_TRACE`` (False: no request tracing).
 
 Triton 2.51 can crash or hang with request tracing on (docs/triton.md). A test that fails
 carries the server's state and log tail in its report; a server that died is started again
@@ -22,7 +23,7 @@ from server_support import restart, server_state
 
 from dnnscaler.triton.demo_models import write_repository
 from dnnscaler.triton.install import triton_installed
-from dnnscaler.triton.launcher import LocalTriton
+from dnnscaler.triton.launcher import LocalTriton, free_port
 
 # A model whose initialize() fails when max_batch_size exceeds a bound: a reload to a
 # larger batch fails inside Triton although the knobs are within the declared limits.
@@ -80,10 +81,17 @@ def triton_server(
     write_repository(repo, demo)
     for name in extra:
         write_test_model(repo, name)
+    # TRITON_SAME_PORTS: ports picked once, so a server killed by the test comes back
+    # where its clients (an agent) dial. TRITON_TRACE = False: no request tracing.
+    same = bool(getattr(request.module, "TRITON_SAME_PORTS", False))
     server = LocalTriton(
         repo,
         demo + extra,
+        grpc_port=free_port() if same else None,
+        http_port=free_port() if same else None,
+        metrics_port=free_port() if same else None,
         workdir=tmp_path_factory.mktemp("triton"),
+        trace=bool(getattr(request.module, "TRITON_TRACE", True)),
         exit_timeout_s=3,
         extra_args=list(getattr(request.module, "TRITON_EXTRA_ARGS", [])),
     )

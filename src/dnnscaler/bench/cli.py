@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dnnscaler.bench.report import write_report
+from dnnscaler.bench.scale import add_scale_parser
 from dnnscaler.bench.sim_bench import BENCH_POLICIES, SimBenchConfig, check_policies, run_sim_bench
 from dnnscaler.bench.torchserve_bench import add_torchserve_parser
 from dnnscaler.bench.triton_bench import add_triton_parser
@@ -19,7 +20,9 @@ from dnnscaler.sim.profile import Profile, ProfileError, load_profiles, shipped_
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``bench`` group to a top-level CLI; returns its parser so others can add to it."""
     bench = subparsers.add_parser("bench", help="run benchmarks (tables, JSON, PNG)")
-    sub = bench.add_subparsers(dest="bench_cmd", required=True, metavar="{sim,triton,torchserve}")
+    sub = bench.add_subparsers(
+        dest="bench_cmd", required=True, metavar="{sim,triton,torchserve,scale}"
+    )
     sim = sub.add_parser("sim", help="all policies vs the oracle on simulated GPUs")
     sim.add_argument("--profiles", type=Path, help="profile file (JSON list); default: shipped")
     sim.add_argument("--models", help="comma-separated profile names (default: all)")
@@ -37,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_sim)
     add_triton_parser(sub)
     add_torchserve_parser(sub)
+    add_scale_parser(sub)
     return bench
 
 
