@@ -63,6 +63,7 @@ class _Failed:
     retry_at_s: float
 
 
+HELD_BACK = "held back"  # how an update kept from the server by the apply backoff is answered
 MAX_FAILED_KNOBS = 16  # failed knob sets remembered per model (oldest forgotten first)
 
 
@@ -526,12 +527,11 @@ class Agent:
         failed = prog.failed.get(knobs)
         if failed is not None and now < failed.retry_at_s:
             self.held_back += 1
-            self.metrics.applies.labels(model, "held_back").inc()
             wait_s = failed.retry_at_s - now
             return ApplyOutcome(
                 ok=False,
                 knobs_in_force=prog.good_knobs or await self._knobs_now(model, knobs),
-                error=f"held back: these knobs failed {failed.count} time(s) in a row;"
+                error=f"{HELD_BACK}: these knobs failed {failed.count} time(s) in a row;"
                 f" next attempt in {wait_s:.1f} s",
             )
         self.apply_attempts += 1
@@ -584,6 +584,8 @@ class Agent:
             prog.in_progress = None
         # "started": a background apply (a reload), counted "ok" when it lands.
         kind = ("started" if outcome.in_progress else "ok") if outcome.ok else "failed"
+        if outcome.error.startswith(HELD_BACK):
+            kind = "held_back"
         self.metrics.applies.labels(model, kind).inc()
         if outcome.ok:
             self.metrics.set_knobs(model, outcome.knobs_in_force)

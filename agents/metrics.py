@@ -49,7 +49,9 @@ class AgentMetrics:
         )
         self.applies = Counter(
             "dnnscaler_agent_applies",
-            "Knob updates by outcome: started (a background apply), ok (in force), failed",
+            "Knob updates by outcome: started (a background apply), ok (in force), failed,"
+            " held_back (refused knobs within their backoff: the server was not asked);"
+            " reconciled / reconcile_failed: knobs set again after a server outage",
             ["model", "outcome"],
             registry=self.registry,
         )
