@@ -26,7 +26,9 @@ from dnnscaler.controller.report_checks import (
     MAX_MODELS,
     ModelCheck,
     Problem,
+    check_hello,
     check_report,
+    clamp_state,
     state_problems,
 )
 from dnnscaler.controller.report_queue import Queued, ReportQueue
@@ -196,22 +198,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         old = self.registry.agents.get(hello.agent_id)
         if old is not None and old.connected:
             old.outbox.put_nowait(_CLOSE)  # a newer stream for the same agent wins
+        fields, clamped = check_hello(hello)
         rec = AgentRecord(
             agent_id=hello.agent_id,
-            node=hello.node,
+            node=fields.node,
             gpu_index=hello.gpu.index,
-            gpu_uuid=hello.gpu.uuid,
-            gpu_name=hello.gpu.name,
-            gpu_memory_total_mb=hello.gpu.memory_total_mb
-            if hello.gpu.HasField("memory_total_mb")
-            else None,
-            backend_kind=hello.backend_kind,
+            gpu_uuid=fields.gpu_uuid,
+            gpu_name=fields.gpu_name,
+            gpu_memory_total_mb=fields.gpu_memory_total_mb,
+            backend_kind=fields.backend_kind,
             backend_available=hello.backend_available,
-            backend_message=hello.backend_message,
+            backend_message=fields.backend_message,
             last_seen_s=time.monotonic(),
             session=(old.session + 1) if old else 1,
         )
         for ms in hello.models:
+            ms = clamp_state(ms, clamped)
             problems = state_problems(ms)
             if len(rec.models) >= MAX_MODELS:
                 problems.append(Problem("model", f"more than {MAX_MODELS} models on one agent"))
@@ -229,6 +231,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 continue
             if desired is not None and ms.generation == 0 and loop.generation > 0:
                 self._restore(rec, loop, desired)
+        if clamped:
+            self._clamped(rec.agent_id, "", tuple(clamped))
         self.registry.agents[rec.agent_id] = rec
         if old is not None and old.lost:
             log.info("agent_back", agent=rec.agent_id, models=sorted(rec.models))

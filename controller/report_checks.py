@@ -100,6 +100,51 @@ def text(field: str, value: str, clamped: list[Problem]) -> str:
     return value[:MAX_TEXT_CHARS]
 
 
+@dataclass(frozen=True)
+class HelloFields:
+    """A hello's descriptive fields, made safe to keep and show (``check_hello``)."""
+
+    node: str
+    gpu_uuid: str
+    gpu_name: str
+    gpu_memory_total_mb: float | None
+    backend_kind: str
+    backend_message: str
+
+
+def check_hello(hello: agent_pb2.Hello) -> tuple[HelloFields, list[Problem]]:
+    """A hello's free text cut to ``MAX_TEXT_CHARS`` and an impossible GPU memory made
+    unknown, with the clamps: a 3 MB node name kept per agent would make every status
+    answer larger than a client takes (4 MiB), so one agent could break ``status``."""
+    clamped: list[Problem] = []
+    mem: float | None = None
+    if hello.gpu.HasField("memory_total_mb"):
+        v = hello.gpu.memory_total_mb
+        if math.isfinite(v) and 0 <= v <= MAX_MEMORY_MB:
+            mem = v
+        else:
+            clamped.append(Problem("gpu.memory_total_mb", f"{v!r} is not a reading: unknown"))
+    fields = HelloFields(
+        node=text("node", hello.node, clamped),
+        gpu_uuid=text("gpu.uuid", hello.gpu.uuid, clamped),
+        gpu_name=text("gpu.name", hello.gpu.name, clamped),
+        gpu_memory_total_mb=mem,
+        backend_kind=text("backend_kind", hello.backend_kind, clamped),
+        backend_message=text("backend_message", hello.backend_message, clamped),
+    )
+    return fields, clamped
+
+
+def clamp_state(ms: agent_pb2.ModelState, clamped: list[Problem]) -> agent_pb2.ModelState:
+    """``ms`` with its message cut to ``MAX_TEXT_CHARS`` (a copy, only when it is longer)."""
+    if len(ms.message) <= MAX_TEXT_CHARS:
+        return ms
+    state = agent_pb2.ModelState()
+    state.CopyFrom(ms)
+    state.message = text("message", ms.message, clamped)
+    return state
+
+
 def state_problems(ms: agent_pb2.ModelState) -> list[Problem]:
     """Why a model's reported state (name, knobs, limits, generation, memory) cannot be
     taken; empty when it can. Used for hellos and reports alike."""
@@ -243,11 +288,7 @@ def check_report(
             models.append(ModelCheck(name, mr.state, None, tuple(rejected)))
             continue
         mclamped: list[Problem] = []
-        state = mr.state
-        if len(state.message) > MAX_TEXT_CHARS:
-            state = agent_pb2.ModelState()
-            state.CopyFrom(mr.state)
-            state.message = text("message", mr.state.message, mclamped)
+        state = clamp_state(mr.state, mclamped)
         window, wclamped = clamp_window(window_from_pb(mr.window))
         mclamped.extend(wclamped)
         models.append(ModelCheck(name, state, window, (), tuple(mclamped)))

@@ -217,6 +217,9 @@ def streams(draw: st.DrawFn) -> Stream:
     scenario = draw(st.sampled_from(["normal"] * 6 + ["report_first", "bad_id"]))
     agent_id = draw(st.sampled_from(FUZZ_IDS))
     hello = agent_pb2.Hello(agent_id=agent_id, node="fuzz", backend_kind="sim")
+    if draw(st.booleans()):  # clamped: kept and shown cut to 1,000 characters
+        hello.node = "n" * draw(st.integers(1001, 200_000))
+        hello.gpu.memory_total_mb = draw(bad_floats)
     hello.backend_available = True
     hello.models.extend(_state(m) for m in FUZZ_MODELS)
     if draw(st.booleans()):  # a model whose announced state is itself bad
@@ -323,6 +326,12 @@ def test_an_oversize_message_ends_only_its_own_stream(fleet: Fleet) -> None:
         time.sleep(0.05)
     assert len(status.backend_message) == 1000 and status.reports == 1, status.reports
     assert fleet.counter("backend_message", "clamped") == clamps_before + 1
+    # Huge hello texts are cut before they are kept: two agents with 3 MB node names
+    # would otherwise make every status answer larger than a client takes.
+    for agent_id in ("fuzz-node-1", "fuzz-node-2"):
+        huge = agent_pb2.Hello(agent_id=agent_id, node="n" * 3_000_000, backend_available=True)
+        assert fleet.connect([agent_pb2.AgentMessage(hello=huge)]) == ["welcome"]
+        assert len(_agent(fleet.admin, agent_id).node) == 1000
     # Too many models in one hello: the first 256 are taken, the rest refused, each logged.
     many = agent_pb2.Hello(agent_id="fuzz-many", backend_available=True)
     many.models.extend(_state(f"many{i}") for i in range(300))

@@ -13,6 +13,7 @@ from dnnscaler.controller.report_checks import (
     MAX_GENERATION,
     MAX_MODELS,
     MAX_TEXT_CHARS,
+    check_hello,
     check_report,
     state_problems,
 )
@@ -235,3 +236,14 @@ def test_whatever_the_wire_carries_what_is_taken_is_sane(
     t = out.telemetry
     for v in (t.utilization_pct, t.memory_used_mb, t.memory_total_mb, t.power_w):
         assert v is None or (math.isfinite(v) and v >= 0)
+
+
+def test_a_hellos_texts_are_cut_and_an_impossible_gpu_memory_is_unknown() -> None:
+    hello = agent_pb2.Hello(agent_id="a", node="n" * 5000, backend_kind="sim")
+    hello.gpu.name, hello.gpu.memory_total_mb = "g" * 2000, math.nan
+    fields, clamped = check_hello(hello)
+    assert (len(fields.node), len(fields.gpu_name), fields.backend_kind) == (1000, 1000, "sim")
+    assert fields.gpu_memory_total_mb is None
+    assert {p.field for p in clamped} == {"node", "gpu.name", "gpu.memory_total_mb"}
+    hello.gpu.memory_total_mb = 16_000.0
+    assert check_hello(hello)[0].gpu_memory_total_mb == 16_000.0
