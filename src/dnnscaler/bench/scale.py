@@ -80,6 +80,8 @@ class StageResult:
     controller_rss_mb: float
     controller_rss_max_mb: float
     knob_updates: int
+    # The host's 1-minute load average at the stage's end: the box is shared.
+    host_load_1m: float = 0.0
     meets_target: bool = False
 
 
@@ -349,6 +351,7 @@ def _stage(
         controller_rss_mb=round(rss, 1),
         controller_rss_max_mb=round(rss_max, 1),
         knob_updates=int(delta(before, last, "dnnscaler_knob_updates_total")),
+        host_load_1m=round(os.getloadavg()[0], 2),
     )
 
 
@@ -372,6 +375,7 @@ def scale_table(res: ScaleResult) -> Table:
         "gen CPU",
         "ctl RSS MB",
         "updates",
+        "load 1m",
         "ok",
     ):
         t.add_column(col, justify="right")
@@ -389,6 +393,7 @@ def scale_table(res: ScaleResult) -> Table:
             f"{s.generators_cpu_cores:.2f}",
             f"{s.controller_rss_max_mb:.0f}",
             str(s.knob_updates),
+            f"{s.host_load_1m:.1f}",
             "yes" if s.meets_target else "NO",
         )
     t.caption = (
