@@ -30,6 +30,14 @@ from dnnscaler.policies.registry import STATE_TYPES, make_policy
 
 log = get_logger(__name__)
 
+# Knobs the agent could not apply are not sent again for this long, doubling per failure
+# in a row: a policy that keeps wanting knobs the server refuses (a model whose
+# initialize() fails at that batch) must not send an update and record a decision at
+# every report. The agent backs off too (AgentConfig.apply_backoff_*): the server is safe
+# either way; this keeps the stream and the decision history quiet.
+REFUSED_BACKOFF_INITIAL_S = 2.0
+REFUSED_BACKOFF_MAX_S = 120.0
+
 
 @dataclass(frozen=True)
 class PendingUpdate:
@@ -60,6 +68,11 @@ class ModelLoop:
     pending: PendingUpdate | None = None
     _policy: Policy[Any] | None = None
     _state: Any = None
+    # The knobs whose apply failed last, how often in a row, and since when (the first
+    # decision after the failure; ``decide`` holds them back until their backoff passes).
+    _refused: Knobs | None = None
+    _refusals: int = 0
+    _refused_since_s: float | None = None
 
     @property
     def policy_state(self) -> Any:
@@ -129,6 +142,8 @@ class ModelLoop:
         self.message = message
         # After a controller restart the agent's generation may be ahead of ours.
         self.generation = max(self.generation, generation)
+        if knobs == self._refused:  # in force after all: no longer refused
+            self._refused, self._refusals = None, 0
         if self.pending is not None and generation >= self.pending.generation:
             self.pending = None
 
@@ -140,10 +155,15 @@ class ModelLoop:
         self.knobs = in_force
         if ok and in_progress:
             return  # accepted, still landing: the agent's report will confirm it
+        wanted = self.pending.knobs
         self.pending = None
         if not ok:
             self.last_error = error or "apply failed"
             log.warning("apply_failed", agent=self.agent_id, model=self.model, error=error)
+            self._refusals = self._refusals + 1 if wanted == self._refused else 1
+            self._refused, self._refused_since_s = wanted, None
+        elif wanted == self._refused:
+            self._refused, self._refusals = None, 0
 
     def desired_knobs(self) -> Knobs:
         """What this loop last wanted in force: the update in flight, else the knobs."""
@@ -234,6 +254,14 @@ class ModelLoop:
             log.error("policy_out_of_limits", agent=self.agent_id, model=self.model, error=str(e))
             self.last_error = f"policy {self.policy_name} proposed invalid knobs: {e}"
             return None
+        if want == self._refused:
+            if self._refused_since_s is None:
+                self._refused_since_s = now_s
+            wait_s = min(
+                REFUSED_BACKOFF_INITIAL_S * 2 ** (self._refusals - 1), REFUSED_BACKOFF_MAX_S
+            )
+            if now_s - self._refused_since_s < wait_s:
+                return None  # refused just now: asked again once the backoff passes
         self.generation += 1
         self.knob_changes += 1
         self.pending = PendingUpdate(generation=self.generation, knobs=want, sent_at_s=now_s)

@@ -99,3 +99,24 @@ def test_policy_crash_is_contained() -> None:
     loop = _loop(Boom(Knobs()))
     assert loop.decide(0.0, W, SLO, GpuTelemetry(), CFG) is None
     assert "bug" in loop.last_error
+
+
+def test_refused_knobs_are_asked_again_only_after_a_doubling_backoff() -> None:
+    """#18: a policy that keeps wanting knobs the server refuses sent an update (and stored
+    a decision) at every report. Now: again after 2 s, then 4 s, counted from the first
+    decision after each failure; other knobs go at once."""
+    loop = _loop(Want(Knobs(8, 1, 0)))
+    u = loop.decide(0.0, W, SLO, GpuTelemetry(), CFG)
+    assert u is not None
+    loop.on_apply_result(u.generation, False, Knobs(), "load failed", False)
+    sent = [t for t in (1.0, 1.5, 2.5, 3.1) if loop.decide(t, W, SLO, GpuTelemetry(), CFG)]
+    assert sent == [3.1]  # 2 s after the first decision past the failure (1.0)
+    assert loop.pending is not None
+    loop.on_apply_result(loop.pending.generation, False, Knobs(), "load failed", False)
+    sent = [t for t in (4.0, 6.0, 7.9, 8.1) if loop.decide(t, W, SLO, GpuTelemetry(), CFG)]
+    assert sent == [8.1]  # then 4 s
+    assert loop.knob_changes == 3
+    # Other knobs are not held back.
+    loop.pending = None
+    loop._policy = Want(Knobs(2, 1, 0))
+    assert loop.decide(8.2, W, SLO, GpuTelemetry(), CFG) is not None
