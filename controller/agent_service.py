@@ -26,6 +26,7 @@ from dnnscaler.controller.report_checks import (
     MAX_MODELS,
     ModelCheck,
     Problem,
+    check_apply_result,
     check_hello,
     check_report,
     clamp_state,
@@ -266,11 +267,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         )
 
-    def _refused(self, agent_id: str, mc: ModelCheck) -> None:
+    def _refused(self, agent_id: str, mc: ModelCheck, event: str = "model_report_rejected") -> None:
         """A model's state or window not taken (``report_checks``): logged with the
         reasons and counted by field; its loop, knobs and policy state stay as they were."""
         log.warning(
-            "model_report_rejected",
+            event,
             agent=agent_id,
             model=mc.name[:SHOWN_CHARS],
             reasons=[str(p) for p in mc.rejected],
@@ -425,13 +426,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         m.throughput.labels(agent=agent_id, model=loop.model).set(window.throughput_rps)
 
     def _on_apply_result(self, rec: AgentRecord, res: agent_pb2.ApplyResult) -> None:
+        error, rejected, clamped = check_apply_result(res)
+        if rejected:
+            mc = ModelCheck(res.model, agent_pb2.ModelState(), None, tuple(rejected))
+            self._refused(rec.agent_id, mc, "apply_result_rejected")
+            return
+        if clamped:
+            self._clamped(rec.agent_id, res.model, tuple(clamped))
         loop = rec.models.get(res.model)
         if loop is None:
             log.warning("apply_result_for_unknown_model", agent=rec.agent_id, model=res.model)
             return
         in_force = knobs_from_pb(res.knobs_in_force)
-        loop.on_apply_result(int(res.generation), res.ok, in_force, res.error, res.in_progress)
-        outcome = "failed: " + res.error if not res.ok else "landing" if res.in_progress else "done"
+        loop.on_apply_result(int(res.generation), res.ok, in_force, error, res.in_progress)
+        outcome = "failed: " + error if not res.ok else "landing" if res.in_progress else "done"
         self.registry.events.publish(
             Event(
                 "apply",

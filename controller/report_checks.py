@@ -153,18 +153,8 @@ def state_problems(ms: agent_pb2.ModelState) -> list[Problem]:
         check_name("model", ms.name)
     except InvalidValue as e:
         problems.append(Problem("model", e.message))
-    k, lim = ms.knobs, ms.limits
-    if not 1 <= k.max_batch_size <= MAX_BATCH_SIZE:
-        problems.append(
-            Problem(
-                "knobs", f"max_batch_size must be in 1..{MAX_BATCH_SIZE}, got {k.max_batch_size}"
-            )
-        )
-    if not 1 <= k.instances <= MAX_INSTANCES:
-        problems.append(
-            Problem("knobs", f"instances must be in 1..{MAX_INSTANCES}, got {k.instances}")
-        )
-    _count("knobs", k.queue_delay_us, MAX_QUEUE_DELAY_US, problems)
+    lim = ms.limits
+    _knob_problems("knobs", ms.knobs, problems)
     _count("limits", lim.max_batch_size, MAX_BATCH_SIZE, problems)
     _count("limits", lim.max_instances, MAX_INSTANCES, problems)
     _count("limits", lim.max_queue_delay_us, MAX_QUEUE_DELAY_US, problems)
@@ -172,6 +162,33 @@ def state_problems(ms: agent_pb2.ModelState) -> list[Problem]:
     if ms.HasField("instance_memory_mb"):
         _number("instance_memory_mb", ms.instance_memory_mb, MAX_MEMORY_MB, problems)
     return problems
+
+
+def _knob_problems(field: str, k: common_pb2.Knobs, problems: list[Problem]) -> None:
+    if not 1 <= k.max_batch_size <= MAX_BATCH_SIZE:
+        problems.append(
+            Problem(field, f"max_batch_size must be in 1..{MAX_BATCH_SIZE}, got {k.max_batch_size}")
+        )
+    if not 1 <= k.instances <= MAX_INSTANCES:
+        problems.append(
+            Problem(field, f"instances must be in 1..{MAX_INSTANCES}, got {k.instances}")
+        )
+    _count(field, k.queue_delay_us, MAX_QUEUE_DELAY_US, problems)
+
+
+def check_apply_result(res: agent_pb2.ApplyResult) -> tuple[str, list[Problem], list[Problem]]:
+    """An apply result's error text (cut to ``MAX_TEXT_CHARS``), why it cannot be taken
+    (a bad model name, knobs in force past the bounds, a generation past ``MAX_GENERATION``:
+    the loop would take them as its knobs), and what was clamped."""
+    rejected: list[Problem] = []
+    clamped: list[Problem] = []
+    try:
+        check_name("model", res.model)
+    except InvalidValue as e:
+        rejected.append(Problem("model", e.message))
+    _knob_problems("apply.knobs_in_force", res.knobs_in_force, rejected)
+    _count("generation", res.generation, MAX_GENERATION, rejected)
+    return text("apply.error", res.error, clamped), rejected, clamped
 
 
 def window_problems(w: common_pb2.WindowStats) -> list[Problem]:

@@ -242,9 +242,13 @@ def streams(draw: st.DrawFn) -> Stream:
             agent_pb2.AgentMessage(
                 apply_result=agent_pb2.ApplyResult(
                     model=draw(st.sampled_from(["nope", *FUZZ_MODELS])),
-                    generation=draw(huge_u64),
-                    ok=True,
-                    knobs_in_force=common_pb2.Knobs(max_batch_size=64, instances=4),
+                    generation=draw(st.integers(0, 3) | huge_u64),
+                    ok=draw(st.booleans()),
+                    knobs_in_force=common_pb2.Knobs(
+                        max_batch_size=draw(st.sampled_from([0, 64, 2**32 - 1])),
+                        instances=draw(st.sampled_from([0, 4, 2**32 - 1])),
+                    ),
+                    error="e" * draw(st.sampled_from([0, 5000])),
                 )
             )
         )

@@ -13,6 +13,7 @@ from dnnscaler.controller.report_checks import (
     MAX_GENERATION,
     MAX_MODELS,
     MAX_TEXT_CHARS,
+    check_apply_result,
     check_hello,
     check_report,
     state_problems,
@@ -247,3 +248,28 @@ def test_a_hellos_texts_are_cut_and_an_impossible_gpu_memory_is_unknown() -> Non
     assert {p.field for p in clamped} == {"node", "gpu.name", "gpu.memory_total_mb"}
     hello.gpu.memory_total_mb = 16_000.0
     assert check_hello(hello)[0].gpu_memory_total_mb == 16_000.0
+
+
+@pytest.mark.parametrize(
+    ("batch", "instances", "generation", "fields"),
+    [
+        (4, 2, 7, set()),
+        (0, 2, 7, {"apply.knobs_in_force"}),
+        (4, 2**32 - 1, 7, {"apply.knobs_in_force"}),
+        (4, 2, 2**64 - 1, {"generation"}),
+    ],
+)
+def test_an_apply_result_with_impossible_knobs_in_force_is_refused(
+    batch: int, instances: int, generation: int, fields: set[str]
+) -> None:
+    """The loop takes an apply result's knobs as its own: they must be real knobs."""
+    res = agent_pb2.ApplyResult(
+        model="m",
+        generation=generation,
+        ok=False,
+        knobs_in_force=common_pb2.Knobs(max_batch_size=batch, instances=instances),
+        error="x" * 5000,
+    )
+    error, rejected, clamped = check_apply_result(res)
+    assert {p.field for p in rejected} == fields
+    assert len(error) == MAX_TEXT_CHARS and [p.field for p in clamped] == ["apply.error"]
