@@ -23,13 +23,13 @@ from dnnscaler.controller.metrics import ControllerMetrics
 from dnnscaler.controller.model_loop import ModelLoop
 from dnnscaler.controller.registry import AgentRecord, Registry
 from dnnscaler.controller.report_checks import (
-    MAX_MODELS,
     ModelCheck,
     Problem,
     check_apply_result,
     check_hello,
     check_report,
     clamp_state,
+    first_models,
     state_problems,
 )
 from dnnscaler.controller.report_queue import Queued, ReportQueue
@@ -214,11 +214,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             last_seen_s=time.monotonic(),
             session=(old.session + 1) if old else 1,
         )
-        for ms in hello.models:
+        for ms in first_models(hello.models, clamped):
             ms = clamp_state(ms, clamped)
             problems = state_problems(ms)
-            if len(rec.models) >= MAX_MODELS:
-                problems.append(Problem("model", f"more than {MAX_MODELS} models on one agent"))
             if problems:
                 self._refused(rec.agent_id, ModelCheck(ms.name, ms, None, tuple(problems)))
                 continue

@@ -16,8 +16,9 @@ nothing downstream (the policy's arithmetic, SQLite, protobuf's uint64) can over
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dnnscaler.controller.admin_checks import check_name
 from dnnscaler.core.convert import window_from_pb
@@ -36,6 +37,8 @@ MAX_PENDING = 1_000_000_000
 MAX_MEMORY_MB = 1e9  # a petabyte
 MAX_MODELS = 256  # per agent: more is a runaway (each model is a loop, a row, metric labels)
 MAX_TEXT_CHARS = 1000  # free-text messages shown in status and events
+
+_M = TypeVar("_M")
 
 _LATENCIES = (
     "latency_mean_ms",
@@ -271,6 +274,17 @@ def check_telemetry(m: common_pb2.GpuTelemetry) -> tuple[GpuTelemetry, list[Prob
     return GpuTelemetry(**values), clamped
 
 
+def first_models(
+    entries: Sequence[_M], clamped: list[Problem], most: int = MAX_MODELS
+) -> Sequence[_M]:
+    """The first ``most`` model entries of a message; more is one clamp, not one refusal
+    (and one log line) per entry: a 4 MiB message holds about 100,000 of them."""
+    if len(entries) <= most:
+        return entries
+    clamped.append(Problem("models", f"{len(entries)} entries: only the first {most} are read"))
+    return entries[:most]
+
+
 def check_report(
     report: agent_pb2.Report, known: Collection[str], last_seq: int = 0
 ) -> ReportCheck:
@@ -290,7 +304,7 @@ def check_report(
     models: list[ModelCheck] = []
     seen: set[str] = set()
     new = 0
-    for mr in report.models:
+    for mr in first_models(report.models, clamped):
         name = mr.state.name
         rejected = state_problems(mr.state)
         if name in seen:

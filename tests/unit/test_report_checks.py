@@ -273,3 +273,11 @@ def test_an_apply_result_with_impossible_knobs_in_force_is_refused(
     error, rejected, clamped = check_apply_result(res)
     assert {p.field for p in rejected} == fields
     assert len(error) == MAX_TEXT_CHARS and [p.field for p in clamped] == ["apply.error"]
+
+
+def test_a_report_with_more_entries_than_max_models_is_read_up_to_that_with_one_clamp() -> None:
+    mrs = [agent_pb2.ModelReport(state=_state(f"m{i}"), window=_window()) for i in range(300)]
+    mrs[299].window.latency_p99_ms = math.nan  # past the cut: never read, never logged
+    out = check_report(_report(*mrs), known=set())
+    assert len(out.models) == MAX_MODELS and all(mc.window is not None for mc in out.models)
+    assert [p.field for p in out.clamped] == ["models"]
