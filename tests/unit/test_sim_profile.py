@@ -109,3 +109,18 @@ def test_batching_slopes_match_the_published_series() -> None:
             continue  # a second GPU for ResNet-50, shown in docs/sim.md as a cross-check
         assert used == pytest.approx(fit_alpha(s), rel=0.05), s.network
         assert max(abs(e) for e in errs.values()) < 0.30, s.network
+
+
+def test_the_generalisation_set_loads_and_covers_its_kinds() -> None:
+    """The held-out profiles of #19 (docs/sim.md, "Generalisation") are a valid file."""
+    from importlib import resources
+
+    from dnnscaler.sim.profile import load_profiles
+
+    ref = resources.files("dnnscaler.sim").joinpath("profiles/generalisation.json")
+    with resources.as_file(ref) as path:
+        ps = load_profiles(path)
+    assert len(ps) == 9 and all(n.startswith("gen/") for n in ps)
+    assert max(p.jitter_cv for p in ps.values()) >= 1.0  # heavy-tailed
+    assert ps["gen/memory-capped"].max_instances == 2
+    assert ps["gen/crossover-tight"].slo_ms == 24.0
