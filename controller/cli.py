@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -98,7 +99,18 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     return cfg
 
 
+# The controller process's garbage-collector thresholds (CPython's default: 700, 10, 10).
+# With thousands of agents the process holds millions of tracked objects, and the default
+# ran a full collection every few seconds: 538-570 ms pauses at 2,000 agents (in-process
+# measurement, bench scale's agents, static policy), each stalling every stream and
+# superseding a second of reports. With these, no full collection ran in steady state and
+# the report-to-decision p99 fell from over 1 s to 21-86 ms; young collections still run
+# every 50,000 allocations, so cyclic garbage is still freed.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
 async def serve(config: ControllerConfig) -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     if config.state_path == ":memory:":
         log.warning(
             "state_not_persisted",
