@@ -540,21 +540,6 @@ def test_a_measured_busy_count_is_not_optimistic_while_its_evidence_decays() -> 
     assert s.curve(3)[2] > 15.0
 
 
-def test_unmeasured_busy_counts_follow_the_measured_trend_not_the_prior() -> None:
-    # gen/batch-dominant-2: the model time-shares (L(1) = 10, L(2) = 19 ms). The prior's
-    # shape (the known GPUs' curves) put L(3), L(4) well under 1.5 and 2 x L(2), promising
-    # multi-tenancy gains the model does not have; the policy explored n = 3, 4 at 45 % of
-    # capacity and ended at 0.40 of the oracle's run.
-    s = Surface()
-    for t0, n in enumerate((1, 2, 1, 2)):
-        s = _steady_windows(s, n, 10.0 if n == 1 else 19.0, 1000.0 * n, 1 + 5 * t0)
-    curve = s.curve(4)
-    gamma = math.log(curve[1] / curve[0]) / math.log(2)
-    assert gamma > 0.6  # the curve blends the measurements with the fit: 10.8, 17.7 ms
-    for m in (3, 4):
-        assert curve[m - 1] >= curve[1] * (m / 2) ** gamma * (1 - 1e-9)
-
-
 def test_an_overloaded_start_is_acted_on_in_the_first_window() -> None:
     # The config in force when the policy takes over was not set by it: its first window
     # is a measurement. Waiting one more window only grows the backlog to drain. The

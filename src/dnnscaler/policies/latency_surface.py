@@ -168,15 +168,6 @@ class Surface:
         if m_hi >= 2 and w[m_hi - 2] >= TRUSTED_WEIGHT:
             gamma = math.log(out[m_hi - 1] / out[m_hi - 2]) / math.log(m_hi / (m_hi - 1))
             gamma = min(1.0, max(0.0, gamma))
-        if m_hi >= 2 and w[m_hi - 2] >= TRUSTED_WEIGHT:
-            # ... and no slower either: past the measured busy counts the prior's shape (the
-            # known GPUs' curves) must not promise more multi-tenancy than the model showed.
-            # A model that measured time-sharing (``gen/batch-dominant-2``: L(2) = 1.9 L(1))
-            # was planned n = 3 and 4 at the prior's L(3) ~ 2.3 L(1), explored them at 45 % of
-            # its capacity, and ended at 0.40 of the oracle's run (bench sim, seed 0).
-            for m in range(m_hi + 1, n_max + 1):
-                if w[m - 1] < OPTIMISM_MAX_WEIGHT:
-                    out[m - 1] = max(out[m - 1], out[m_hi - 1] * (m / m_hi) ** gamma)
         reach = min(n_max, m_hi + optimism_steps)
         for m in range(m_hi + 1, reach + 1):
             if w[m - 1] < OPTIMISM_MAX_WEIGHT:
