@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from prometheus_client import Gauge
 
 from dnnscaler.controller.admin_checks import SHOWN_CHARS, check_name
 from dnnscaler.controller.auth import Guard, Refused, refuse_log
@@ -69,6 +70,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Reports wait here for the decider, newest-wins per agent (controller.report_queue).
         self.queue: ReportQueue[AgentRecord, agent_pb2.Report] = ReportQueue()
         self._decider: asyncio.Task[None] | None = None
+        # Each loop's gauge children, looked up once: ``labels()`` on every report was about
+        # 13 % of the controller's busy time at 1,500 agents (bench scale, static policy).
+        self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge, Gauge, Gauge]] = {}
+        self._latency_gauges: dict[tuple[str, str], Gauge] = {}
 
     # -- stream ------------------------------------------------------------------------
     async def Connect(
@@ -412,16 +417,28 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     def _export(self, agent_id: str, loop: ModelLoop, window: WindowStats, pct: float) -> None:
         m = self.metrics
-        for knob, v in (
-            ("max_batch_size", loop.knobs.max_batch_size),
-            ("instances", loop.knobs.instances),
-            ("queue_delay_us", loop.knobs.queue_delay_us),
-        ):
-            m.knobs.labels(agent=agent_id, model=loop.model, knob=knob).set(v)
+        key = (agent_id, loop.model)
+        gauges = self._gauges.get(key)
+        if gauges is None:
+            gauges = self._gauges[key] = (
+                m.knobs.labels(agent=agent_id, model=loop.model, knob="max_batch_size"),
+                m.knobs.labels(agent=agent_id, model=loop.model, knob="instances"),
+                m.knobs.labels(agent=agent_id, model=loop.model, knob="queue_delay_us"),
+                m.throughput.labels(agent=agent_id, model=loop.model),
+            )
+        batch, instances, delay, throughput = gauges
+        batch.set(loop.knobs.max_batch_size)
+        instances.set(loop.knobs.instances)
+        delay.set(loop.knobs.queue_delay_us)
         lat = window.latency_at(pct)
-        if lat is not None:
-            m.latency_ms.labels(agent=agent_id, model=loop.model).set(lat)
-        m.throughput.labels(agent=agent_id, model=loop.model).set(window.throughput_rps)
+        if lat is not None:  # the latency series appears only once a latency is known
+            latency = self._latency_gauges.get(key)
+            if latency is None:
+                latency = self._latency_gauges[key] = m.latency_ms.labels(
+                    agent=agent_id, model=loop.model
+                )
+            latency.set(lat)
+        throughput.set(window.throughput_rps)
 
     def _on_apply_result(self, rec: AgentRecord, res: agent_pb2.ApplyResult) -> None:
         error, rejected, clamped = check_apply_result(res)
