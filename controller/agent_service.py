@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -173,7 +174,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self.metrics.reports_superseded.inc()
         self.metrics.report_queue.set(len(self.queue))
         if self._decider is None or self._decider.done():
-            self._decider = asyncio.get_running_loop().create_task(self._decide_forever())
+            # In a context of its own: created from a stream handler, the task would
+            # otherwise carry that stream's request id into every decision it logs.
+            self._decider = asyncio.get_running_loop().create_task(
+                self._decide_forever(), context=contextvars.Context()
+            )
 
     async def _decide_forever(self) -> None:
         """Take reports off the queue and decide, yielding to the streams every slice."""
