@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dnnscaler.bench.scale_agents import SimAgent
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc
-from tests.e2e.processes import Daemon, controller, free_port
+
+from .processes import Daemon, controller, free_port
 
 AGENTS = 12
 MODELS = 10
