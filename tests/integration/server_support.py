@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from dnnscaler.core.types import Knobs
 from dnnscaler.triton.launcher import LocalTriton
+from dnnscaler.triton.model_config import knobs_from_config
 
 
 def server_state(server: LocalTriton, lines: int = 40) -> str:
@@ -63,3 +65,14 @@ async def once_more_if_the_server_failed(
         how = "hung (running, its liveness check unanswered for 10 s)" if hung else "died"
         print(f"attempt 1 could not be judged, the server {how} under it ({why}); {died}")
     await body()
+
+
+def read_back(server: LocalTriton, model: str) -> Knobs:
+    """The knobs in force, read by a client of the test's own (not the agent's backend)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        return knobs_from_config(client.get_model_config(model, as_json=True)["config"])
+    finally:
+        client.close()

@@ -27,6 +27,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from e2e.processes import Daemon, controller
 from link_proxy import LinkProxy
+from server_support import read_back
 
 from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.backends.triton import TritonBackend
@@ -40,7 +41,6 @@ from dnnscaler.core.types import Knobs
 from dnnscaler.loadgen import LoadGen
 from dnnscaler.triton.install import triton_installed
 from dnnscaler.triton.launcher import LocalTriton, free_port
-from dnnscaler.triton.model_config import knobs_from_config
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = [
@@ -124,15 +124,6 @@ async def in_process_controller(
         yield ctl
     finally:
         await ctl.stop()
-
-
-def read_back(server: LocalTriton, model: str) -> Knobs:
-    """The knobs in force, read by a client of the test's own (not the agent's)."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        return knobs_from_config(client.get_model_config(model, as_json=True)["config"])
-    finally:
-        client.close()
 
 
 def infer_once(server: LocalTriton, model: str, width: int) -> tuple[int, ...]:

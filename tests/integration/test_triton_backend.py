@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_support import UpstreamDefect, once_more_if_the_server_failed
+from server_support import UpstreamDefect, once_more_if_the_server_failed, read_back
 
 from dnnscaler.agents.backend import ApplyOutcome, KnobRejected
 from dnnscaler.agents.backends.triton import TritonBackend
@@ -17,7 +17,6 @@ from dnnscaler.core.types import Knobs
 from dnnscaler.loadgen import LoadGen
 from dnnscaler.triton.install import triton_installed
 from dnnscaler.triton.launcher import LocalTriton
-from dnnscaler.triton.model_config import knobs_from_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,15 +36,6 @@ async def backend(triton_server: LocalTriton) -> AsyncIterator[TritonBackend]:
         yield b
     finally:
         await b.close()
-
-
-def read_back(server: LocalTriton, model: str) -> Knobs:
-    """The knobs in force, read by a client independent of the backend."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        return knobs_from_config(client.get_model_config(model, as_json=True)["config"])
-    finally:
-        client.close()
 
 
 def infer_once(server: LocalTriton, model: str, width: int) -> np.ndarray:
