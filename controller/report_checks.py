@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from dnnscaler.controller.admin_checks import check_name
-from dnnscaler.core.convert import window_from_pb
+from dnnscaler.core.convert import WINDOW_LATENCIES, window_from_pb
 from dnnscaler.core.types import GpuTelemetry, InvalidValue, WindowStats, shown
 from dnnscaler.v1 import agent_pb2, common_pb2
 
@@ -40,14 +40,6 @@ MAX_TEXT_CHARS = 1000  # free-text messages shown in status and events
 
 _M = TypeVar("_M")
 
-_LATENCIES = (
-    "latency_mean_ms",
-    "latency_p50_ms",
-    "latency_p95_ms",
-    "latency_p99_ms",
-    "queue_mean_ms",
-    "compute_mean_ms",
-)
 _TELEMETRY = ("utilization_pct", "memory_used_mb", "memory_total_mb", "power_w")
 
 
@@ -204,7 +196,7 @@ def window_problems(w: common_pb2.WindowStats) -> list[Problem]:
     most = MAX_RPS * min(max(w.window_s, 1.0), MAX_WINDOW_S) if math.isfinite(w.window_s) else 0
     _count("window.counts", w.completed + w.failed, most, problems)
     _number("window.throughput_rps", w.throughput_rps, MAX_RPS, problems)
-    for name in _LATENCIES:
+    for name in WINDOW_LATENCIES:
         if w.HasField(name):
             _number(f"window.{name}", getattr(w, name), MAX_LATENCY_MS, problems)
     if w.HasField("pending_requests"):
@@ -237,24 +229,7 @@ def clamp_window(w: WindowStats) -> tuple[WindowStats, list[Problem]]:
         p99 = low
     if not clamped:
         return w, clamped
-    return (
-        WindowStats(
-            window_s=w.window_s,
-            completed=w.completed,
-            failed=w.failed,
-            throughput_rps=w.throughput_rps,
-            latency_mean_ms=w.latency_mean_ms,
-            latency_p50_ms=p50,
-            latency_p95_ms=p95,
-            latency_p99_ms=p99,
-            queue_mean_ms=w.queue_mean_ms,
-            compute_mean_ms=w.compute_mean_ms,
-            pending_requests=w.pending_requests,
-            batch_stats=w.batch_stats,
-            device_busy_share=w.device_busy_share,
-        ),
-        clamped,
-    )
+    return replace(w, latency_p95_ms=p95, latency_p99_ms=p99), clamped
 
 
 def check_telemetry(m: common_pb2.GpuTelemetry) -> tuple[GpuTelemetry, list[Problem]]:

@@ -98,15 +98,16 @@ def telemetry_from_pb(m: common_pb2.GpuTelemetry) -> GpuTelemetry:
     )
 
 
-_WINDOW_OPTIONAL = (
+# A window's optional times (ms); with the busy share, its optional fields on the wire.
+WINDOW_LATENCIES = (
     "latency_mean_ms",
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
     "queue_mean_ms",
     "compute_mean_ms",
-    "device_busy_share",
 )
+_WINDOW_OPTIONAL = (*WINDOW_LATENCIES, "device_busy_share")
 
 
 def window_to_pb(w: WindowStats) -> common_pb2.WindowStats:
