@@ -75,6 +75,7 @@ from dnnscaler.triton.tracing import (
 log = get_logger(__name__)
 
 _UNAVAILABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+STATS_WATCH_S = 0.1  # statistics read this often while a reload of ours runs
 
 
 class _Transient(Exception):
@@ -122,6 +123,9 @@ class _ModelState:
     prev_observe_ns: int | None = None
     pending: _Pending | None = None
     last_error: str = ""
+    # The last statistics read while our own reload ran, before Triton reset them: what
+    # the old instances served after the previous observation (``_watch_stats``).
+    before_reset: Cumulative | None = None
     traced: list[TracedRequest] = field(default_factory=list)
 
 
@@ -458,9 +462,16 @@ class TritonBackend:
                 st.traced = []
                 out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
                 continue
-            if cum.went_back_from(st.prev_stats):
-                self._log.info("triton_backend.stats_reset", model=name)
             delta = cum.minus(st.prev_stats)
+            if cum.went_back_from(st.prev_stats):
+                old = st.before_reset
+                counted = old is not None and not old.went_back_from(st.prev_stats)
+                if old is not None and counted:
+                    # The old instances' requests since the last observation join the
+                    # window (without them a reload's window read ~25 % low: bench reloads).
+                    delta = cum.plus(old.minus(st.prev_stats))
+                self._log.info("triton_backend.stats_reset", model=name, old_counted=counted)
+                st.before_reset = None
             st.prev_stats = cum
             if same_clock and st.prev_observe_ns is not None:
                 # Attribute requests by completion time, as a client does: drop those that
@@ -619,6 +630,7 @@ class TritonBackend:
         """Load ``new_cfg``; on failure make sure ``good_cfg`` is what serves. Reads back."""
         name = st.name
         error = ""
+        watch = asyncio.create_task(self._watch_stats(st), name=f"stats-{name}")
         try:
             await self.client.load_model(
                 name, config=json.dumps(new_cfg), client_timeout=self.load_timeout_s
@@ -628,6 +640,10 @@ class TritonBackend:
                 raise BackendUnavailable(f"Triton at {self.grpc_url}: {exc}") from exc
             error = f"load failed: {exc}"
             self._log.warning("triton_backend.load_failed", model=name, error=str(exc))
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         cfg = await self._get_config(name)
         if error:
             if cfg is None or knobs_from_config(cfg) != knobs_from_config(good_cfg):
@@ -652,6 +668,23 @@ class TritonBackend:
         if error:
             st.last_error = error
         return _LoadResult(ok=not error, knobs_in_force=in_force, error=error)
+
+    async def _watch_stats(self, st: _ModelState) -> None:
+        """While a reload of ours runs: read the model's statistics every
+        ``STATS_WATCH_S`` and keep the last reading before Triton resets them (a full
+        reload starts the counters again), so that the next window still counts what the
+        old instances served. Unreadable readings are skipped: the window then misses up
+        to one interval more, as before."""
+        base = st.prev_stats
+        if base is None:
+            return
+        while True:
+            with contextlib.suppress(InferenceServerException, BackendUnavailable, TimeoutError):
+                cum = Cumulative.parse((await self._stats(st.name)).get("model_stats", []))
+                if cum.went_back_from(base):
+                    return  # reset: the reading before it is kept
+                st.before_reset = base = cum
+            await asyncio.sleep(STATS_WATCH_S)
 
     async def gpu_telemetry(self) -> GpuTelemetry | None:
         return None

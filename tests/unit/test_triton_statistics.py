@@ -75,3 +75,14 @@ def test_versions_are_summed() -> None:
     two = Cumulative.parse(_stats(3, b1=3) + _stats(4, b1=4))
     assert two.success.count == 7
     assert two.batches[1].count == 7
+
+
+def test_plus_joins_the_old_instances_last_window_and_the_new_ones_first() -> None:
+    old = Cumulative.parse(_stats(20, b1=12, b4=2))
+    new = Cumulative.parse(_stats(5, b1=1, b4=1))
+    both = new.plus(old)
+    assert both.success.count == 25
+    assert both.execution_count == 16
+    assert both.batch_stats()[1].count == 13
+    assert both.batch_stats()[4].count == 3
+    assert both.mean_ms(both.success) == 2.0

@@ -2,8 +2,9 @@
 
 The counters are cumulative per model version and **reset on a full reload** (not on an
 in-place instance change). A window is the difference of two snapshots; when any counter
-went down the model was reloaded and the later snapshot alone is the window (requests
-served by the old instances between the previous snapshot and the reload are not counted).
+went down the model was reloaded and the later snapshot alone is the window, plus what the
+old instances served since the previous snapshot when a reading taken just before the reset
+is known (``plus``: the agent's backend watches the counters while its own reload runs).
 """
 
 from __future__ import annotations
@@ -104,6 +105,22 @@ class Cumulative:
             compute=self.compute - prev.compute,
             inference_count=self.inference_count - prev.inference_count,
             execution_count=self.execution_count - prev.execution_count,
+            batches=batches,
+        )
+
+    def plus(self, other: Cumulative) -> Cumulative:
+        """Both windows' requests together: the old instances' last window before a reload
+        and the new ones' first."""
+        batches = dict(self.batches)
+        for size, dur in other.batches.items():
+            batches[size] = batches.get(size, Duration()) + dur
+        return Cumulative(
+            success=self.success + other.success,
+            fail=self.fail + other.fail,
+            queue=self.queue + other.queue,
+            compute=self.compute + other.compute,
+            inference_count=self.inference_count + other.inference_count,
+            execution_count=self.execution_count + other.execution_count,
             batches=batches,
         )
 
