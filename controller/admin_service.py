@@ -73,8 +73,13 @@ async def _durably(
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        on_forget: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
         self.registry = registry
+        self.on_forget = on_forget  # drops a forgotten agent's metric series
 
     async def _put(
         self, context: grpc.aio.ServicerContext, model: str, settings: ModelSettings
@@ -331,6 +336,41 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 lp, lp.knobs, lp.knobs, "reprofile", "operator: forget the learned surface"
             )
         return admin_pb2.SetPolicyResponse(models=[self._status(lp) for lp in loops])
+
+    async def ForgetAgent(
+        self, request: admin_pb2.ForgetAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ForgetAgentResponse:
+        await _names(context, agent_id=(request.agent_id, True))
+        agent = self.registry.agents.get(request.agent_id)
+        if agent is not None and agent.connected:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"agent {shown(request.agent_id)} is connected: stop it first (an agent that"
+                " reconnects is known again)",
+            )
+        models: list[str] | None = None
+
+        def forget() -> None:
+            nonlocal models
+            models = self.registry.forget_agent(request.agent_id)
+
+        await _durably(context, forget, agent=request.agent_id)
+        if models is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"agent {shown(request.agent_id)} is not known"
+            )
+        assert models is not None
+        if self.on_forget is not None:
+            self.on_forget(request.agent_id, models)
+        log.info("agent_forgotten", agent=request.agent_id, models=models)
+        self.registry.events.publish(
+            Event(
+                "agent_forgotten",
+                request.agent_id,
+                message=f"forgotten by an operator with {len(models)} model loop(s)",
+            )
+        )
+        return admin_pb2.ForgetAgentResponse(agent_id=request.agent_id, models=models)
 
     async def History(
         self, request: admin_pb2.HistoryRequest, context: grpc.aio.ServicerContext

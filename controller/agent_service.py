@@ -420,6 +420,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if report.sent_at_unix_s > 0:  # set by agents that stamp their send (bench scale)
             self.metrics.report_age_seconds.observe(max(0.0, time.time() - report.sent_at_unix_s))
 
+    def forget_metrics(self, agent_id: str, models: list[str]) -> None:
+        """A forgotten agent's series go, with the gauges cached for them (a cached child
+        of a removed series would be set without being exported again)."""
+        for model in models:
+            self._gauges.pop((agent_id, model), None)
+            self._latency_gauges.pop((agent_id, model), None)
+        self.metrics.forget(agent_id, models)
+
     def _export(self, agent_id: str, loop: ModelLoop, window: WindowStats, pct: float) -> None:
         m = self.metrics
         key = (agent_id, loop.model)

@@ -29,7 +29,9 @@ log = get_logger(__name__)
 
 ADMIN_SERVICE = "/dnnscaler.v1.AdminService/"
 READ_ONLY = frozenset({"ListAgents", "ListModels", "GetModel", "History", "Watch"})
-READ_WRITE = frozenset({"SetSlo", "SetPolicy", "ClearSlo", "Pause", "Resume", "Drain", "Reprofile"})
+READ_WRITE = frozenset(
+    {"SetSlo", "SetPolicy", "ClearSlo", "Pause", "Resume", "Drain", "Reprofile", "ForgetAgent"}
+)
 
 
 class Refused(Exception):

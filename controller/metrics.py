@@ -6,6 +6,8 @@ do not collide.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
@@ -90,6 +92,16 @@ class ControllerMetrics:
             ["agent", "model"],
             registry=self.registry,
         )
+
+    def forget(self, agent: str, models: list[str]) -> None:
+        """Remove a forgotten agent's per-model series (absent ones are skipped)."""
+        for model in models:
+            for knob in ("max_batch_size", "instances", "queue_delay_us"):
+                with contextlib.suppress(KeyError):
+                    self.knobs.remove(agent, model, knob)
+            for gauge in (self.latency_ms, self.throughput):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(agent, model)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

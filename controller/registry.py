@@ -108,6 +108,26 @@ class Registry:
         else:
             self.agent_flags[agent_id] = flags
 
+    def forget_agent(self, agent_id: str) -> list[str] | None:
+        """Drop an agent that holds no stream: its record, its models' loops, their stored
+        state and its flags (the decision history stays). Returns the models dropped, or
+        None if neither memory nor the store knows the agent. Raises ``StoreError``, with
+        nothing changed, when the store refuses. A lost agent is kept until this is called:
+        a fleet that replaces nodes would otherwise grow its registry without end."""
+        rec = self.agents.get(agent_id)
+        try:
+            stored = self.store.forget_agent(agent_id)
+        except sqlite3.Error as e:
+            raise StoreError(f"state database {self.store.path}: {e}") from e
+        if rec is None and not stored and agent_id not in self.agent_flags:
+            return None
+        models = sorted(set(stored) | set(rec.models if rec is not None else ()))
+        self.agents.pop(agent_id, None)
+        self.agent_flags.pop(agent_id, None)
+        for model in models:
+            self._persisted.pop((agent_id, model), None)
+        return models
+
     def hold_for(self, agent_id: str, model: str) -> str:
         """Why this loop's knobs must not change now ("" if the policy is in control)."""
         flags = self.agent_flags.get(agent_id, AgentFlags())

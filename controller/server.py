@@ -61,7 +61,9 @@ class Controller:
             agent_allow=frozenset(config.agent_allow),
         )
         self.agent_service = AgentService(self.registry, metrics=self.metrics, guard=self.guard)
-        self.admin_service = AdminService(self.registry)
+        self.admin_service = AdminService(
+            self.registry, on_forget=self.agent_service.forget_metrics
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None

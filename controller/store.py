@@ -292,6 +292,20 @@ class StateStore:
             int(generation),
         )
 
+    def forget_agent(self, agent_id: str) -> list[str]:
+        """Delete an agent's loop states and flags (durable before it returns); returns the
+        models whose loop state was stored. Its decisions stay in the history."""
+        with self._write(durable=True):
+            models = [
+                m
+                for (m,) in self._db.execute(
+                    "SELECT model FROM loop_state WHERE agent_id = ? ORDER BY model", (agent_id,)
+                )
+            ]
+            self._db.execute("DELETE FROM loop_state WHERE agent_id = ?", (agent_id,))
+            self._db.execute("DELETE FROM agent_flags WHERE agent_id = ?", (agent_id,))
+        return models
+
     # -- decision history --------------------------------------------------------------
     def add_decision(self, d: DecisionRecord) -> None:
         with self._write(durable=False):

@@ -121,6 +121,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.set_defaults(func=lambda a: _run(a, _reprofile))
 
+    p = sub.add_parser(
+        "forget-agent",
+        help="drop an agent that is not connected (lost or gone): its record, its models'"
+        " loops and stored state; the history stays",
+    )
+    common(p)
+    p.add_argument("agent")
+    p.set_defaults(func=lambda a: _run(a, _forget_agent))
+
     p = sub.add_parser("history", help="a model's knob decisions, oldest first")
     common(p)
     p.add_argument("model")
@@ -316,6 +325,11 @@ async def _reprofile(stub: Any, a: argparse.Namespace) -> Any:
     return await stub.Reprofile(admin_pb2.ReprofileRequest(model=a.model), timeout=a.timeout_s)
 
 
+async def _forget_agent(stub: Any, a: argparse.Namespace) -> Any:
+    req = admin_pb2.ForgetAgentRequest(agent_id=a.agent)
+    return await stub.ForgetAgent(req, timeout=a.timeout_s)
+
+
 async def _history(stub: Any, a: argparse.Namespace) -> Any:
     req = admin_pb2.HistoryRequest(model=a.model, limit=max(0, a.limit))
     if a.since is not None:
@@ -465,5 +479,8 @@ def _print(result: Any) -> None:
         console.print(model_rows(list(result.models)))
     elif isinstance(result, admin_pb2.ModelStatus):
         console.print(model_rows([result]))
+    elif isinstance(result, admin_pb2.ForgetAgentResponse):
+        models = ", ".join(result.models) or "no model"
+        console.print(f"forgot agent {result.agent_id} ({models})")
     else:
         console.print(str(result))

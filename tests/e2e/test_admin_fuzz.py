@@ -92,6 +92,7 @@ KINDS = [
     "Resume",
     "Drain",
     "Reprofile",
+    "ForgetAgent",
     "History",
 ]
 agent_ids = st.one_of(st.just(AGENT), st.just(""), names)
@@ -125,6 +126,8 @@ def requests(draw: st.DrawFn) -> tuple[str, Any]:
         req = admin_pb2.DrainRequest(agent_id=draw(agent_ids))
     elif kind == "Reprofile":
         req = admin_pb2.ReprofileRequest(model=draw(names))
+    elif kind == "ForgetAgent":  # the fleet's agent is connected: refused, kept
+        req = admin_pb2.ForgetAgentRequest(agent_id=draw(agent_ids))
     else:
         req = admin_pb2.HistoryRequest(model=draw(names), limit=draw(uint32))
         if draw(st.booleans()):
@@ -163,7 +166,8 @@ def test_random_admin_requests_get_a_status_and_store_nothing_invalid(
         assert len(details) < 1000, f"{kind}: a {len(details)}-character message: {details[:200]}"
     else:
         for m in getattr(reply, "models", []):
-            _valid(m)
+            if isinstance(m, admin_pb2.ModelStatus):
+                _valid(m)
         if isinstance(reply, admin_pb2.ModelStatus):
             _valid(reply)
     assert fleet.controller.alive(), f"the controller exited:\n{fleet.tail()}"

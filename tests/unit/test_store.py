@@ -181,3 +181,21 @@ def test_a_state_of_another_policy_or_unreadable_is_not_taken() -> None:
     bad = StoredLoop("a0", "m", "aimd", {"bogus": 1}, Knobs(8, 1), None, 9)
     loop = _loop(Knobs(8, 1))
     assert "unreadable" in loop.resume(bad) and loop.policy_state is None
+
+
+def test_forgetting_an_agent_drops_its_loops_and_flags_not_others_or_history(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path / "s.db")
+    for agent, model in (("a0", "m"), ("a0", "n"), ("a1", "m")):
+        store.save_loop(StoredLoop(agent, model, "aimd", None, Knobs(8, 1), None, 1))
+    store.save_agent_flags("a0", AgentFlags(paused=True))
+    store.save_agent_flags("a1", AgentFlags(draining=True))
+    store.add_decision(_decision(1.0))
+    registry = Registry(ControllerConfig(), store=store)
+    assert registry.forget_agent("a0") == ["m", "n"]
+    assert store.load_loop("a0", "m") is None and store.load_loop("a1", "m") is not None
+    assert store.load_agent_flags() == {"a1": AgentFlags(draining=True)}
+    assert "a0" not in registry.agent_flags
+    assert len(store.history("m")) == 1
+    assert registry.forget_agent("a0") is None  # known nowhere any more

@@ -167,6 +167,20 @@ class ReprofileRequest(_message.Message):
     model: str
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
+class ForgetAgentRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class ForgetAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "models")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class HistoryRequest(_message.Message):
     __slots__ = ("model", "since", "limit")
     MODEL_FIELD_NUMBER: _ClassVar[int]

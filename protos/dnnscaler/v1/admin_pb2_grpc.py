@@ -89,6 +89,11 @@ class AdminServiceStub:
                 request_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.ForgetAgent = channel.unary_unary(
+                '/dnnscaler.v1.AdminService/ForgetAgent',
+                request_serializer=dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentRequest.SerializeToString,
+                response_deserializer=dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/dnnscaler.v1.AdminService/Watch',
                 request_serializer=dnnscaler_dot_v1_dot_admin__pb2.WatchRequest.SerializeToString,
@@ -174,6 +179,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetAgent(self, request, context):
+        """Drop an agent that is not connected (lost, or gone for good): its record, its models'
+        loops and their stored state, and its pause / drain flags. The decision history stays.
+        If the same agent id connects later, its models start from scratch. NOT_FOUND if the
+        agent is not known, FAILED_PRECONDITION while it holds a stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """What happens from now on (decisions, applies, agents connecting and going, SLO
         violations, settings changed), until the client cancels.
@@ -239,6 +254,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.FromString,
                     response_serializer=dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.SerializeToString,
+            ),
+            'ForgetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetAgent,
+                    request_deserializer=dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentRequest.FromString,
+                    response_serializer=dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -543,6 +563,33 @@ class AdminService:
             '/dnnscaler.v1.AdminService/History',
             dnnscaler_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
             dnnscaler_dot_v1_dot_admin__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnnscaler.v1.AdminService/ForgetAgent',
+            dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentRequest.SerializeToString,
+            dnnscaler_dot_v1_dot_admin__pb2.ForgetAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
