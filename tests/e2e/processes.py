@@ -9,11 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
+
+T = TypeVar("T")
 
 
 def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -150,4 +154,17 @@ def wait_for_models(
         tails = "\n".join(d.tail() for d in daemons)
         assert not dead, f"{[d.name for d in dead]} exited:\n{tails}"
         assert time.monotonic() < deadline, f"{sorted(want)} not listed in {timeout_s} s:\n{tails}"
+        time.sleep(0.2)
+
+
+def until(what: str, pred: Callable[[], T], daemons: list[Daemon], timeout_s: float = 30) -> T:
+    """Poll ``pred`` until it returns something true and return that; fail with the
+    daemons' log tails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = pred()
+        if v:
+            return v
+        tails = "\n".join(d.tail() for d in daemons)
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{tails}"
         time.sleep(0.2)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import grpc
@@ -20,14 +19,13 @@ import pytest
 
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
-from .processes import Daemon, controller, free_port, sim_agent, wait_for_models
+from .processes import Daemon, controller, free_port, sim_agent, until, wait_for_models
 
 pytestmark = pytest.mark.timeout(120)
 
 AGENT, MODEL = "node-k-gpu0", "kept"
 SIM_MODEL = f"{MODEL}=imagenet/Inc-V1@60"
 DEFAULT_KNOBS = (1, 1)  # what the restarted sim server starts with
-POLL_S = 0.2
 
 
 def _model(stub: admin_pb2_grpc.AdminServiceStub) -> admin_pb2.ModelStatus:
@@ -42,17 +40,6 @@ def _agent(stub: admin_pb2_grpc.AdminServiceStub) -> admin_pb2.AgentStatus:
 
 def _knobs(m: admin_pb2.ModelStatus) -> tuple[int, int]:
     return (m.knobs.max_batch_size, m.knobs.instances)
-
-
-def _until(what: str, pred, daemons: list[Daemon], timeout_s: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        tails = "\n".join(d.tail() for d in daemons)
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{tails}"
-        time.sleep(POLL_S)
 
 
 def _events(log: Path, name: str) -> list[dict[str, object]]:
@@ -95,10 +82,10 @@ def test_kill9_of_an_agent_keeps_its_models_and_resumes_them(tmp_path: Path) -> 
             ok = m.knob_changes >= 1 and not m.HasField("pending_knobs")
             return m if ok and _knobs(m) != DEFAULT_KNOBS else None
 
-        before = _until("a first policy move lands", moved, [ctl, agent])
+        before = until("a first policy move lands", moved, [ctl, agent])
 
         agent.kill9()
-        _until("the agent is marked lost", lambda: _agent(stub).lost, [ctl])
+        until("the agent is marked lost", lambda: _agent(stub).lost, [ctl])
         lost = _agent(stub)
         kept = _model(stub)
         tails = ctl.tail()
@@ -119,7 +106,7 @@ def test_kill9_of_an_agent_keeps_its_models_and_resumes_them(tmp_path: Path) -> 
             ok = a.connected and not a.lost and m.available and not m.HasField("pending_knobs")
             return m if ok and m.generation > at_loss[2] else None
 
-        after = _until("the agent is back and its knobs restored", back, [ctl, again])
+        after = until("the agent is back and its knobs restored", back, [ctl, again])
         tails = f"{ctl.tail()}\n{again.tail()}"
         decisions = stub.History(admin_pb2.HistoryRequest(model=MODEL), timeout=5).decisions
         restores = [d for d in decisions if d.cause == "agent restart"]

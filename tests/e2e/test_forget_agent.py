@@ -11,7 +11,6 @@ file and a sim agent (its GPU is the only fake).
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import grpc
@@ -19,23 +18,12 @@ import pytest
 
 from dnnscaler.v1 import admin_pb2, admin_pb2_grpc
 
-from .processes import Daemon, controller, free_port, run_cli, sim_agent, wait_for_models
+from .processes import Daemon, controller, free_port, run_cli, sim_agent, until, wait_for_models
 
 pytestmark = pytest.mark.timeout(120)
 
 AGENT, MODEL = "node-f-gpu0", "gone"
 SIM_MODEL = f"{MODEL}=imagenet/Inc-V1@60"
-
-
-def _until(what: str, pred, daemons: list[Daemon], timeout_s: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        tails = "\n".join(d.tail() for d in daemons)
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{tails}"
-        time.sleep(0.2)
 
 
 def _agents(stub: admin_pb2_grpc.AdminServiceStub) -> dict[str, admin_pb2.AgentStatus]:
@@ -75,9 +63,9 @@ def test_forget_a_lost_agent_and_it_comes_back_fresh(tmp_path: Path) -> None:
             ms = stub.ListModels(admin_pb2.ListModelsRequest(model=MODEL), timeout=5).models
             return bool(ms) and ms[0].knob_changes >= 1
 
-        _until("a first decision (history to keep)", moved, [ctl, agent])
+        until("a first decision (history to keep)", moved, [ctl, agent])
         stub.Drain(admin_pb2.DrainRequest(agent_id=AGENT), timeout=5)  # a flag row to forget
-        _until("the loop state is stored", lambda: _rows(db, "loop_state") == [AGENT], [ctl])
+        until("the loop state is stored", lambda: _rows(db, "loop_state") == [AGENT], [ctl])
 
         # Connected: refused, nothing changes.
         assert _code(lambda: forget(AGENT)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -88,7 +76,7 @@ def test_forget_a_lost_agent_and_it_comes_back_fresh(tmp_path: Path) -> None:
         assert _agents(stub)[AGENT].connected and _rows(db, "agent_flags") == [AGENT]
 
         agent.kill9()
-        _until("the agent is marked lost", lambda: _agents(stub)[AGENT].lost, [ctl])
+        until("the agent is marked lost", lambda: _agents(stub)[AGENT].lost, [ctl])
         r = run_cli("forget-agent", AGENT, "--controller", address, "--json")
         assert r.returncode == 0, r.stdout + r.stderr + ctl.tail()
         assert '"models": [\n    "gone"\n  ]' in r.stdout, r.stdout
