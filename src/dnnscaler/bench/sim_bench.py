@@ -10,6 +10,7 @@ are compared on the same request stream.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -366,7 +367,12 @@ def run_sim_bench(
                 done += 1
                 tick(f"{p.name} {pol}", done, total)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as ex:
+        # Spawned, not forked: a fork copies the caller's threads' objects without the
+        # threads (a process that has used gRPC holds channels), and a child that collects
+        # them can spin for ever in a dead thread's join (seen: `bench sim` under pytest
+        # after the gRPC tests, one child at 100 % CPU in Thread.join(0.2), 15 min).
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as ex:
             for name, o in ex.map(_oracle_task, otasks):
                 oracles[name] = o
                 done += 1
