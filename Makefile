@@ -22,9 +22,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dnnscaler demo $(DEMO_ARGS)
 
+# The suite in three pytest runs, two side by side (scripts/test_suite.sh says how and
+# why); `pytest` alone runs the whole suite in one process, in order.
 test: $(STAMP)
 	$(MAKE) --no-print-directory protos-check lint typecheck
-	$(BIN)/pytest -q -rxX -p no:cacheprovider --durations=15 --junitxml=out/test-results.xml $(PYTEST_ARGS)
+	PYTEST=$(BIN)/pytest scripts/test_suite.sh $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dnnscaler.bench.scale import ScaleConfig, bucket_quantile, run_scale, write_scale_report
 
 
+@pytest.mark.serial  # simulated agents as fast as a worker process can send
 def test_bench_scale_smoke(tmp_path: Path) -> None:
     cfg = ScaleConfig(stages=(20, 50), models=2, workers=1, settle_s=1.0, measure_s=3.0)
     res = run_scale(cfg, tmp_path / "run")

@@ -98,6 +98,7 @@ class Flooder:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # reports faster than the controller can process them
 async def test_overload_keeps_one_report_per_agent_and_the_newest_wins(tmp_path: Path) -> None:
     address, mport = f"127.0.0.1:{free_port()}", free_port()
     ctl: Daemon = controller(

@@ -37,6 +37,9 @@ from dnnscaler.core.types import Knobs, Slo
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.triton,
+    # It voids an attempt on CPU used outside it (``_noisy``): ``make test`` runs it after
+    # the rest of the suite, with nothing beside it.
+    pytest.mark.alone,
     # Two attempts of up to ~250 s each (a noisy first one runs slower) fit.
     pytest.mark.timeout(900),
     pytest.mark.asyncio(loop_scope="module"),
