@@ -434,9 +434,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         gauges = self._gauges.get(key)
         if gauges is None:
             gauges = self._gauges[key] = (
-                m.knobs.labels(agent=agent_id, model=loop.model, knob="max_batch_size"),
-                m.knobs.labels(agent=agent_id, model=loop.model, knob="instances"),
-                m.knobs.labels(agent=agent_id, model=loop.model, knob="queue_delay_us"),
+                *m.knob_gauges(agent_id, loop.model),
                 m.throughput.labels(agent=agent_id, model=loop.model),
             )
         batch, instances, delay, throughput = gauges

@@ -10,6 +10,9 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+# The ``knob`` label's values of ``dnnscaler_model_knob``, one series each per agent and model.
+KNOB_NAMES = ("max_batch_size", "instances", "queue_delay_us")
+
 
 class ControllerMetrics:
     def __init__(self) -> None:
@@ -93,10 +96,17 @@ class ControllerMetrics:
             registry=self.registry,
         )
 
+    def knob_gauges(self, agent: str, model: str) -> tuple[Gauge, Gauge, Gauge]:
+        """One model's knob series, in ``KNOB_NAMES`` order."""
+        batch, instances, delay = (
+            self.knobs.labels(agent=agent, model=model, knob=k) for k in KNOB_NAMES
+        )
+        return batch, instances, delay
+
     def forget(self, agent: str, models: list[str]) -> None:
         """Remove a forgotten agent's per-model series (absent ones are skipped)."""
         for model in models:
-            for knob in ("max_batch_size", "instances", "queue_delay_us"):
+            for knob in KNOB_NAMES:
                 with contextlib.suppress(KeyError):
                     self.knobs.remove(agent, model, knob)
             for gauge in (self.latency_ms, self.throughput):

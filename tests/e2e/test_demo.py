@@ -32,7 +32,6 @@ def _check(tmp_path: Path, r: subprocess.CompletedProcess[str], models: set[str]
     return doc
 
 
-@pytest.mark.serial  # test_demo_real_triton looks for any demo's processes left
 @pytest.mark.timeout(300)
 def test_demo_sim(tmp_path: Path) -> None:
     r = _demo(tmp_path, "--backend", "sim", "--step-s", "3")
