@@ -8,8 +8,8 @@
 #   3. `alone`, after both: the convergence test, with nothing beside it (it voids an
 #      attempt on CPU used outside it).
 #
-# 1 and 2 side by side took 398 s on the 2-core box against 704 s one after the other
-# (fresh-clone run 57). No test of 2 starts a server or measures the box's speed, and the
+# 1 and 2 side by side took 445-467 s in fresh clones 58-61 on the 2-core box, against
+# 704 s one after the other (fresh clone 57). No test of 2 starts a server or measures the box's speed, and the
 # tests of 1 already assert on quantities measured in the same window, as on a slowed box.
 # Every run's output is printed, and the exit status is the first failure's (pytest's 5,
 # "no test selected", counts only when all three selected none). Extra arguments go to all
