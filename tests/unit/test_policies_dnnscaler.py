@@ -258,6 +258,24 @@ def test_the_first_window_after_a_stalling_reload_sets_no_ceiling() -> None:
     assert all(r.ceiling_rps == 0.0 for r in d.state.records)
 
 
+def test_the_first_window_after_a_change_over_the_slo_is_watched_and_a_second_acts() -> None:
+    # Fresh clone 61 (wide_mlp): the first window after the reload to b8 n2 read p99 122.8 ms
+    # of 65.2 with its backlog not shrinking (so not "draining"), recorded b8 n2's ceiling
+    # and the policy retreated from the oracle's config. That window still carries the
+    # reload's cost: it is watched (no ceiling, no move); a second one over the SLO acts.
+    policy = DnnScalerPolicy()
+    k = Knobs(8, 2, 0)
+    state = policy.initial_state(_window_obs(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
+    state = replace(state, target=k, changed_s=0.0, in_force_s=None)
+    d = policy.decide(_window_obs(1.0, k, 400.0, 40.0, 30), state)  # in force: measuring
+    d = policy.decide(_window_obs(2.0, k, 600.0, 92.0, 40), d.state)  # the first window
+    assert d.knobs == k
+    assert "first window after the change" in d.reason and "watching" in d.reason
+    assert all(r.ceiling_rps == 0.0 for r in d.state.records)
+    d = policy.decide(_window_obs(3.0, k, 600.0, 92.0, 50), d.state)  # a second one acts
+    assert any(r.ceiling_rps > 0.0 for r in d.state.records)
+
+
 def test_one_marginal_window_at_a_roomy_load_is_watched_and_a_second_acts() -> None:
     # At a load far inside the config's predicted capacity, one window 5 % over the SLO is
     # watched (no ceiling, no move); a second one in a row is acted on (ceiling recorded).
