@@ -16,6 +16,7 @@ requests equals the access log's mean within that resolution.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -332,3 +333,75 @@ def test_local_launcher_stops_clean_and_names_missing_java(tmp_path: Path) -> No
     assert not Path(f"/proc/{java}").exists() or "Z" in Path(f"/proc/{java}/stat").read_text()
     assert not store.exists(), f"demo archives left in {store}"
     assert not workdir.exists(), f"work folder left: {workdir}"
+
+
+def _pgid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[2])
+
+
+def _cmdlines(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        text = raw.replace(b"\0", b" ").decode(errors="replace")
+        out.append(f"{pid}: {text[:120]}")
+    return out
+
+
+def test_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the process that started TorchServe (no cleanup runs) still stops the
+    Java frontend and its workers: the watcher in the server's process group
+    (``owner_watch_prefix``) signals the group once the owner is gone. Before it, the
+    frontend outlived its owner (the launcher does not pass signals on)."""
+    if not torchserve_installed():
+        pytest.skip("TorchServe or Java 17 not installed")
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dnnscaler"),
+            "--log-json",
+            "torchserve-local",
+            "--demo",
+            "--models",
+            "echo",
+            "--demo-dir",
+            str(tmp_path / "store"),
+            "--workdir",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    group = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else "no output"
+        java = int(json.loads(line)["pid"])
+        group = _pgid(java)
+        assert group != proc.pid, "the server runs in a process group of its own"
+        assert len(group_members(group)) >= 3, _cmdlines(group_members(group))
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60  # TERM at once (1 s poll), KILL 10 s later
+        while group_members(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = group_members(group)
+        log = workdir / "torchserve.out"
+        tail = log.read_text(errors="replace")[-1500:] if log.is_file() else "(no console log)"
+        assert left == [], (
+            f"left running after the owner's kill -9: {_cmdlines(left)}; console: {tail}"
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)

@@ -9,7 +9,8 @@ other) and ``logs/`` (``access_log.log`` is the agent's per-request latency sour
 
 The launcher does not pass SIGTERM on (a SIGTERM to it leaves the Java frontend running),
 so ``stop`` signals the Java process named in the PID file, waits for the frontend and its
-workers, kills whatever is left of the group, and removes the work folder. Token auth is
+workers, kills whatever is left of the group, and removes the work folder. An owner that
+dies without ``stop`` (kill -9) takes the server with it (``owner_watch_prefix``). Token auth is
 off only because every address is loopback; the model API is on (the agent registers
 versions through it).
 """
@@ -131,6 +132,32 @@ def register_query(
     if model_name is not None:
         params["model_name"] = model_name
     return urllib.parse.urlencode(params)
+
+
+# The ``sh -c`` program of ``owner_watch_prefix``: a watcher subshell in the background,
+# then ``exec`` of the launcher in the same process.
+OWNER_WATCH = (
+    "owner=$1; shift; "
+    '( trap "" TERM; while kill -0 "$owner" 2>/dev/null; do sleep 1; done; '
+    "kill -TERM 0; sleep 10; kill -KILL 0 ) & "
+    'exec "$@"'
+)
+
+
+def owner_watch_prefix(owner_pid: int) -> list[str]:
+    """A command prefix that stops the whole server when process ``owner_pid`` dies.
+
+    A test runner or bench killed without cleanup (kill -9, a CI timeout) must not leave a
+    TorchServe behind: its Java frontend and workers hold ports, memory and a CPU share
+    that the next run measures. Triton gets this from ``setpriv --pdeathsig``, but here
+    the parent-death signal would reach only the ``torchserve`` launcher, which does not
+    pass signals on (the frontend outlived it). So a shell starts a watcher in the
+    server's new process group, then execs the launcher (same PID, same group): once the
+    owner is gone (polled each second) the watcher sends SIGTERM to the group (the
+    frontend and the workers shut down), and SIGKILL to what is left 10 s later. It
+    ignores SIGTERM itself; ``stop`` kills it with the rest of the group.
+    """
+    return ["/bin/sh", "-c", OWNER_WATCH, "dnnscaler-torchserve-watch", str(owner_pid)]
 
 
 def delay_ms(queue_delay_us: int) -> int:
@@ -317,6 +344,7 @@ class LocalTorchServe:
         config = self.workdir / "config.properties"
         config.write_text(self._config())
         args = [
+            *owner_watch_prefix(os.getpid()),
             str(install.launcher),
             "--start",
             "--foreground",
