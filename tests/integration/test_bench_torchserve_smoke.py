@@ -23,6 +23,8 @@ from dnnscaler.torchserve.install import torchserve_installed
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve, pytest.mark.timeout(300)]
 
+SLO_MS = 300.0
+
 
 def _procs_with(marker: str) -> list[int]:
     """PIDs whose command line mentions ``marker`` (TorchServe's Java frontend and its
@@ -60,6 +62,11 @@ def test_bench_torchserve_quick(
     cmd = [sys.executable, "-m", "dnnscaler.cli", "--log-level", "warning", "bench"]
     cmd += ["torchserve", "--quick", "--models", "wide_mlp", "--policies", "dnnscaler"]
     cmd += ["--grid", "8x2", "--step-windows", "3", "--out", str(out)]
+    # An SLO this box meets even slowed down: the test checks the wiring, and a capacity of
+    # 0 leaves nothing to wire. At the model's own 60 ms, fresh clone 62 (12-07, the real-
+    # server tests beside the rest of the suite) read p99 182, 115 and 68 ms at the
+    # sweep's 529, 264 and 132 rps: no capacity, and a staircase at 0 rps.
+    cmd += ["--slo-ms", str(SLO_MS)]
     t0 = time.monotonic()
     r = subprocess.run(
         cmd,
@@ -72,7 +79,7 @@ def test_bench_torchserve_quick(
     why = r.stdout[-3000:] + r.stderr[-3000:]
     assert r.returncode == 0, why
     # The tables on the console, and the closing line naming the bench.
-    assert "wide_mlp  (SLO p99 <= 60.0 ms" in r.stdout, why
+    assert f"wide_mlp  (SLO p99 <= {SLO_MS:.1f} ms" in r.stdout, why
     assert "summary over models" in r.stdout, why
     assert "bench torchserve: " in r.stdout and "results.json" in r.stdout, why
     doc = json.loads((out / "results.json").read_text())
@@ -80,7 +87,9 @@ def test_bench_torchserve_quick(
     assert doc["complete"] is True and doc["errors"] == []
     [rec] = doc["records"]
     assert (rec["model"], rec["policy"]) == ("wide_mlp", "dnnscaler")
-    assert rec["oracle_capacity_rps"] > 0, rec
+    assert rec["oracle_capacity_rps"] > 0, (
+        f"no capacity at the oracle's config: {doc['oracle_sweep']}"
+    )
     assert rec["failed_requests"] == 0, rec.get("failed_request_log") or rec.get("error")
     [sweep] = doc["oracle_sweep"]
     assert sweep["knobs"] == {"max_batch_size": 8, "instances": 2, "queue_delay_us": 0}

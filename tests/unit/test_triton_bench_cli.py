@@ -30,7 +30,7 @@ from dnnscaler.bench.retries import (
     server_stall,
 )
 from dnnscaler.bench.staircase import OnlineRun
-from dnnscaler.bench.sweep import ConfigCapacity
+from dnnscaler.bench.sweep import ConfigCapacity, Probe
 from dnnscaler.bench.triton_adapter import TRITON, TritonServer
 from dnnscaler.core.types import KnobLimits, Knobs
 from dnnscaler.triton.launcher import describe_death
@@ -141,9 +141,11 @@ class Fakes:
         failing_policies: Sequence[str] = (),
         failing_oracles: Sequence[str] = (),
         failing_once: Sequence[str] = (),
+        slow_oracles: Sequence[str] = (),
     ):
         self.failing_policies = set(failing_policies)
         self.failing_oracles = set(failing_oracles)
+        self.slow_oracles = set(slow_oracles)  # every probe over the SLO: capacity 0
         self.failing_once = set(failing_once)  # raise on the first run only
         self.workdirs: list[Path] = []
         self.staircase_calls: list[tuple[str, str]] = []
@@ -163,6 +165,10 @@ class Fakes:
     ) -> list[ConfigCapacity]:
         if model in self.failing_oracles:
             raise TimeoutError("DEADLINE_EXCEEDED")
+        if model in self.slow_oracles:
+            k = Knobs(8, 2, 0)
+            probes = [Probe(k, r, t, False, 0) for r, t in ((529.0, 182.1), (132.2, 68.0))]
+            return [ConfigCapacity(k, 0.0, probes)]
         return [
             ConfigCapacity(Knobs(1, 1, 0), 40.0),
             ConfigCapacity(Knobs(8, 2, 2000), 100.0),
@@ -411,3 +417,21 @@ async def test_a_speed_probe_failed_by_tritons_defect_says_so(
     monkeypatch.setattr(generator, "LoadGen", _DefectProbe)
     with pytest.raises(UpstreamDefectError, match=r"Triton's own defect: Triton 2\.51"):
         await unit_latency_ms(TRITON, TritonServer("u", None, FakeSetup()), "wide_mlp")
+
+
+async def test_an_oracle_sweep_without_capacity_skips_the_model_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fresh clone 62: every probe of the one config over the SLO, capacity 0, and the bench
+    # went on to staircases at 0 rps, "complete" with no error.
+    fakes = Fakes(slow_oracles=["serial_io"])
+    fakes.install(monkeypatch)
+    cfg = replace(tb.quick_config(["serial_io", "wide_mlp"]), policies=("dnnscaler",))
+    res = await tb.run_triton_bench(cfg)
+    assert [(r.model, r.policy) for r in res.records] == [("wide_mlp", "dnnscaler")]
+    assert ("serial_io", "dnnscaler") not in fakes.staircase_calls
+    assert list(res.oracles) == ["serial_io", "wide_mlp"]  # its probes stay in the report
+    [e] = res.errors
+    assert (e["model"], e["policy"], e["stage"]) == ("serial_io", None, "oracle")
+    assert e["error"].startswith("NoCapacityError: serial_io: no config of the grid met the SLO")
+    assert "b8 n2: p99 68.0 ms at 132 rps" in e["error"] and "--slo-ms" in e["error"]

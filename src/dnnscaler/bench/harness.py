@@ -229,6 +229,11 @@ async def run_bench(
                 continue
             oracles[model] = sweep
             best = max(sweep, key=lambda c: c.capacity_rps)
+            if best.capacity_rps <= 0:
+                # Staircases at a share of 0 rps measure nothing: say why instead.
+                failed(model, None, "oracle", NoCapacityError(no_capacity(model, sweep, slo)))
+                update()
+                continue
             for pol in cfg.policies:
                 static = {"static-default": default_knobs, "oracle": best.knobs}.get(pol)
                 rec, run = await with_retries(
@@ -240,6 +245,33 @@ async def run_bench(
                 records.append(rec)
                 update()
     return snapshot()
+
+
+class NoCapacityError(RuntimeError):
+    """No config of the oracle's grid met the SLO at any rate the sweep probed."""
+
+
+def no_capacity(model: str, sweep: list[ConfigCapacity], slo: Slo) -> str:
+    """Why a model's oracle sweep found no capacity: each config's lowest probe, and what
+    to change (on a slowed or busy box an SLO in ms can sit under the model's tail even at
+    a few requests per second)."""
+    tried = []
+    for c in sweep:
+        low = min(c.probes, key=lambda p: p.rate_rps, default=None)
+        if low is None:
+            continue
+        tail = (
+            "no reply" if low.latency_ms is None else f"p{slo.percentile:g} {low.latency_ms:.1f} ms"
+        )
+        errors = f", {low.errors} errors" if low.errors else ""
+        knobs = f"b{c.knobs.max_batch_size} n{c.knobs.instances}"
+        tried.append(f"{knobs}: {tail}{errors} at {low.rate_rps:.0f} rps")
+    bound = f"p{slo.percentile:g} <= {slo.latency_ms:g} ms"
+    return (
+        f"{model}: no config of the grid met the SLO ({bound}) at any rate probed, so no"
+        f" staircase was run; lowest probes: {'; '.join(tried) or 'none'}. The box is slower"
+        " than the SLO allows: loosen --slo-ms or widen --grid"
+    )
 
 
 # -- the report ---------------------------------------------------------------------------
