@@ -243,14 +243,19 @@ def _window_obs(t: float, knobs: Knobs, thr: float, p99: float, pending: int) ->
     return Observation(t, "m", Slo(50.0, 99.0), knobs, limits, w)
 
 
+def _changed_to(policy: DnnScalerPolicy, k: Knobs) -> DnnScalerState:
+    """The policy's state just after it moved from b16 n1 (serving 600 rps) to ``k``."""
+    state = policy.initial_state(_window_obs(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
+    return replace(state, target=k, changed_s=0.0, in_force_s=None)
+
+
 def test_the_first_window_after_a_stalling_reload_sets_no_ceiling() -> None:
     # A reload stalled the server for a window; the next one drains what queued meanwhile and
     # its tail breaks the SLO. That is the change's cost: the config gets no ceiling and the
     # policy does not move away from it.
     policy = DnnScalerPolicy()
     k = Knobs(8, 2, 0)
-    state = policy.initial_state(_window_obs(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
-    state = replace(state, target=k, changed_s=0.0, in_force_s=None)
+    state = _changed_to(policy, k)
     d = policy.decide(_window_obs(1.0, k, 3.0, 90.0, 40), state)  # the stall: measuring
     d = policy.decide(_window_obs(2.0, k, 620.0, 92.0, 5), d.state)  # drains its backlog
     assert d.knobs == k
@@ -265,8 +270,7 @@ def test_the_first_window_after_a_change_over_the_slo_is_watched_and_a_second_ac
     # reload's cost: it is watched (no ceiling, no move); a second one over the SLO acts.
     policy = DnnScalerPolicy()
     k = Knobs(8, 2, 0)
-    state = policy.initial_state(_window_obs(0.0, Knobs(16, 1, 0), 600.0, 20.0, 0))
-    state = replace(state, target=k, changed_s=0.0, in_force_s=None)
+    state = _changed_to(policy, k)
     d = policy.decide(_window_obs(1.0, k, 400.0, 40.0, 30), state)  # in force: measuring
     d = policy.decide(_window_obs(2.0, k, 600.0, 92.0, 40), d.state)  # the first window
     assert d.knobs == k
