@@ -264,7 +264,7 @@ class DnnScalerPolicy:
             # a measurement of the config. One a little over the SLO at a load well inside
             # what the config is predicted to carry: a window's p99 rests on its slowest few
             # requests, so this is likely noise (a host hiccup). And the first window after
-            # a change, at any tail: it still carries the change's cost (a Triton reload
+            # a change: it still carries the change's cost (a Triton reload
             # serves next to nothing for a second or more, and what queued meanwhile waits
             # in this window) whether or not its backlog shrinks. On 12-07 (fresh clone 61)
             # such a window, p99 122.8 ms of 65.2 with the backlog not shrinking, set the
