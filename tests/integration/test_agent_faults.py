@@ -394,6 +394,9 @@ async def test_slow_stalled_and_dropped_link_to_the_controller(
         )
         proxy.flow()
         await until("the agent back", lambda: agent_status(admin), _connected, ctx)
+        # The controller lists the stream before its welcome has crossed the proxy back to
+        # the agent, which counts a session only on that welcome: wait for both ends.
+        await until("the agent's welcome", _async(lambda: agent.sessions), lambda n: n >= 2, ctx)
         assert agent.sessions == 2, ctx()
 
         # Dropped: every connection reset; the agent reconnects.
