@@ -64,7 +64,7 @@ from dnnscaler.triton.model_config import (
     knobs_from_config,
     runs_on_cpu,
 )
-from dnnscaler.triton.statistics import Cumulative
+from dnnscaler.triton.statistics import Cumulative, WindowCounter
 from dnnscaler.triton.tracing import (
     TracedRequest,
     TraceReader,
@@ -118,14 +118,14 @@ class _ModelState:
     first_max_batch: int = 1
     available: bool = True
     message: str = ""
-    prev_stats: Cumulative | None = None
+    # The window's request counts, across the counter resets of full reloads; every
+    # statistics reading is taken and counted under ``stats_lock``, in the server's order.
+    counter: WindowCounter = field(default_factory=WindowCounter)
+    stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     prev_observe_s: float | None = None
     prev_observe_ns: int | None = None
     pending: _Pending | None = None
     last_error: str = ""
-    # The last statistics read while our own reload ran, before Triton reset them: what
-    # the old instances served after the previous observation (``_watch_stats``).
-    before_reset: Cumulative | None = None
     traced: list[TracedRequest] = field(default_factory=list)
 
 
@@ -217,13 +217,14 @@ class TritonBackend:
         them as one window of a few seconds: thousands of requests a second that never
         were, which the policy would have learned from)."""
         for name, st in self._models.items():
-            if not st.available or st.prev_stats is not None:
+            if not st.available or st.counter.started:
                 continue
             try:
-                resp = await self._stats(name)
+                async with st.stats_lock:
+                    resp = await self._stats(name)
+                    st.counter.take(Cumulative.parse(resp.get("model_stats", [])))
             except InferenceServerException:
                 continue  # observe() takes the baseline instead
-            st.prev_stats = Cumulative.parse(resp.get("model_stats", []))
             st.prev_observe_s = self._clock()
             st.prev_observe_ns = time.monotonic_ns()
 
@@ -449,30 +450,23 @@ class TritonBackend:
                 out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
                 continue
             try:
-                resp = await self._stats(name)
+                async with st.stats_lock:
+                    resp = await self._stats(name)
+                    delta, resets = st.counter.take(Cumulative.parse(resp.get("model_stats", [])))
             except InferenceServerException as exc:
                 self._log.info("triton_backend.stats_unreadable", model=name, error=str(exc))
                 out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
                 continue
-            cum = Cumulative.parse(resp.get("model_stats", []))
-            if st.prev_stats is None:
+            if delta is None:
                 # No baseline yet (found after start): this window only takes one.
-                st.prev_stats = cum
                 st.prev_observe_ns = now_ns
                 st.traced = []
                 out.append(ModelWindow(infos[name], WindowStats(window_s=window_s)))
                 continue
-            delta = cum.minus(st.prev_stats)
-            if cum.went_back_from(st.prev_stats):
-                old = st.before_reset
-                counted = old is not None and not old.went_back_from(st.prev_stats)
-                if old is not None and counted:
-                    # The old instances' requests since the last observation join the
-                    # window (without them a reload's window read ~25 % low: bench reloads).
-                    delta = cum.plus(old.minus(st.prev_stats))
-                self._log.info("triton_backend.stats_reset", model=name, old_counted=counted)
-                st.before_reset = None
-            st.prev_stats = cum
+            if resets:
+                # A full reload restarted the counters; what the old instances served since
+                # the last observation is in the window when a reload of ours watched them.
+                self._log.info("triton_backend.stats_reset", model=name, resets=resets)
             if same_clock and st.prev_observe_ns is not None:
                 # Attribute requests by completion time, as a client does: drop those that
                 # finished in an earlier window but were flushed to the trace file late.
@@ -670,20 +664,20 @@ class TritonBackend:
         return _LoadResult(ok=not error, knobs_in_force=in_force, error=error)
 
     async def _watch_stats(self, st: _ModelState) -> None:
-        """While a reload of ours runs: read the model's statistics every
-        ``STATS_WATCH_S`` and keep the last reading before Triton resets them (a full
-        reload starts the counters again), so that the next window still counts what the
-        old instances served. Unreadable readings are skipped: the window then misses up
-        to one interval more, as before."""
-        base = st.prev_stats
-        if base is None:
-            return
+        """While a reload of ours runs: count the model's statistics every
+        ``STATS_WATCH_S`` (``WindowCounter.saw``), so that a reset (a full reload starts
+        the counters again) finds the old instances' last count, and the next window still
+        holds what they served. It watches until the load returns, through any number of
+        resets (a failed load and its restore are two). Unreadable readings are skipped:
+        the window then misses up to one interval more."""
         while True:
-            with contextlib.suppress(InferenceServerException, BackendUnavailable, TimeoutError):
-                cum = Cumulative.parse((await self._stats(st.name)).get("model_stats", []))
-                if cum.went_back_from(base):
-                    return  # reset: the reading before it is kept
-                st.before_reset = base = cum
+            if st.counter.started:
+                with contextlib.suppress(
+                    InferenceServerException, BackendUnavailable, TimeoutError
+                ):
+                    async with st.stats_lock:
+                        resp = await self._stats(st.name)
+                        st.counter.saw(Cumulative.parse(resp.get("model_stats", [])))
             await asyncio.sleep(STATS_WATCH_S)
 
     async def gpu_telemetry(self) -> GpuTelemetry | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dnnscaler.triton.statistics import Cumulative
+from dnnscaler.triton.statistics import Cumulative, WindowCounter
 
 
 def _stats(success: int, ns_per: int = 2_000_000, fail: int = 0, b1: int = 0, b4: int = 0) -> Any:
@@ -86,3 +86,61 @@ def test_plus_joins_the_old_instances_last_window_and_the_new_ones_first() -> No
     assert both.batch_stats()[1].count == 13
     assert both.batch_stats()[4].count == 3
     assert both.mean_ms(both.success) == 2.0
+
+
+def _c(success: int) -> Cumulative:
+    return Cumulative.parse(_stats(success, b1=success))
+
+
+def test_counter_first_reading_is_a_baseline_then_windows_are_differences() -> None:
+    c = WindowCounter()
+    assert c.take(_c(1000)) == (None, 0)  # a long-running server's past is not a window
+    w, resets = c.take(_c(1200))
+    assert w is not None and w.success.count == 200 and resets == 0
+
+
+def test_counter_keeps_the_old_instances_share_when_a_reading_saw_them_before_the_reset() -> None:
+    c = WindowCounter()
+    c.take(_c(500))
+    c.saw(_c(560))  # the reload's watch, old instances still serving
+    c.saw(_c(600))
+    c.saw(_c(10))  # the swap: new counters
+    w, resets = c.take(_c(90))
+    assert w is not None and resets == 1
+    assert w.success.count == 100 + 90  # 500 -> 600 by the old, 0 -> 90 by the new
+    assert w.batch_stats()[1].count == 190
+
+
+def test_counter_without_a_watch_counts_the_new_counters_alone() -> None:
+    c = WindowCounter()
+    c.take(_c(500))
+    w, resets = c.take(_c(40))  # someone else's reload between two observations
+    assert w is not None and w.success.count == 40 and resets == 1
+
+
+def test_counter_two_resets_in_one_window_lose_neither_generation() -> None:
+    """Fresh clone 67's shape: reload k ended (reset) after the last observation; reload k+1
+    began before the next one, its watch's first reading already below that observation's.
+    The old code took that first drop for reload k+1's own reset, stopped watching, and the
+    window counted only the last generation: 0 where the client saw 187."""
+    c = WindowCounter()
+    c.take(_c(762))  # observation: generation k-1
+    c.saw(_c(800))  # reload k's watch
+    c.saw(_c(5))  # reload k's swap
+    c.saw(_c(213))  # reload k+1's watch, first reading: generation k
+    c.saw(_c(390))
+    c.saw(_c(3))  # reload k+1's swap
+    w, resets = c.take(_c(60))
+    assert w is not None and resets == 2
+    assert w.success.count == (800 - 762) + 390 + 60
+
+
+def test_counter_resets_across_windows_start_each_window_afresh() -> None:
+    c = WindowCounter()
+    c.take(_c(100))
+    c.saw(_c(150))
+    c.saw(_c(2))
+    w1, r1 = c.take(_c(30))
+    w2, r2 = c.take(_c(80))
+    assert w1 is not None and w1.success.count == 50 + 30 and r1 == 1
+    assert w2 is not None and w2.success.count == 50 and r2 == 0
