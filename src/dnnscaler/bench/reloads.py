@@ -221,6 +221,17 @@ async def _observe(
         clock.reloaded_since_window = clock.reloading
 
 
+async def _death(triton: Any, wait_s: float) -> str | None:
+    """How the server ended (exit code, log tail), waiting up to ``wait_s`` for a process
+    whose connections just dropped to be seen gone; ``None`` while it runs."""
+    end = time.monotonic() + wait_s
+    while True:
+        death: str | None = triton.death_note(5)
+        if death or time.monotonic() >= end:
+            return death
+        await asyncio.sleep(0.2)
+
+
 async def _apply(backend: Any, model: str, knobs: Knobs, timeout_s: float = 120.0) -> str:
     """Apply as the agent does (re-applying while in progress); '' once read back in
     force, else why not."""
@@ -260,6 +271,7 @@ async def run_reloads(
 async def _run(cfg: ReloadConfig, triton: Any, progress: Any) -> ReloadRun:
     import tritonclient.grpc.aio as grpcclient
 
+    from dnnscaler.agents.backend import BackendUnavailable
     from dnnscaler.agents.backends.triton import TritonBackend
     from dnnscaler.loadgen.generator import LoadGen
 
@@ -297,16 +309,19 @@ async def _run(cfg: ReloadConfig, triton: Any, progress: Any) -> ReloadRun:
                 kind, knobs = changes[i % len(changes)]
                 t = clock.now()
                 clock.reloading = clock.reloaded_since_window = True
+                unreachable = ""
                 try:
                     error = await _apply(backend, cfg.model, knobs)
+                except BackendUnavailable as exc:  # the server went away mid-reload
+                    error = unreachable = f"server unreachable: {exc}"
                 finally:
                     clock.reloading = False
                 run.reloads.append(
                     Reload(i + 1, kind, knobs, round(t, 3), clock.now() - t, not error, error)
                 )
-                death = triton.death_note(5)
-                if death:
-                    run.server_death = death
+                death = await _death(triton, wait_s=5.0 if unreachable else 0.0)
+                if death or unreachable:
+                    run.server_death = death or f"reload {i + 1}: {unreachable}"
                     break
                 if error:
                     log.warning(
