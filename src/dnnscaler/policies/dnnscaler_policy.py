@@ -64,6 +64,7 @@ STALL_SHARE = 0.5  # a window serving under this share of the next one's rate wa
 SAME_LOAD = 0.1  # tails measured at loads this close (a share) are compared as like for like
 SAME_LOAD_WINDOWS = 3  # ... each config's median over at least this many steady windows
 WORSE_TAIL = 1.25  # an exploration whose median tail is this many times the one left's
+BEATEN_TAIL_SHARE = 0.3  # ... and at least this share of the SLO goes back (see below)
 HEADROOM_ROOT = 3.0  # the config in force is credited load x (bound / tail) ** (1 / this) ...
 HEADROOM_MOST = 1.5  # ... at most this many times the load (on cores devices)
 
@@ -433,7 +434,7 @@ class DnnScalerPolicy:
             else {(b, n) for b, n, t in state.left if obs.now_s - t < self._memory(obs)}
         )
         cores_device = obs.window.device_busy_share is not None
-        back = self._beaten_exploration(state, target, load) if cores_device else None
+        back = self._beaten_exploration(state, target, load, slo) if cores_device else None
         if back is not None:
             rec, here_tail, left_tail = back
             # Mark the exploration beaten, so that the plan ranks it below the config left
@@ -554,7 +555,7 @@ class DnnScalerPolicy:
 
     @staticmethod
     def _beaten_exploration(
-        state: DnnScalerState, target: Knobs, load: float
+        state: DnnScalerState, target: Knobs, load: float, slo_ms: float
     ) -> tuple[ConfigRecord, float, float] | None:
         """The config a planned move left for an exploration with more instances, if both
         served about this load and the exploration's median tail was ``WORSE_TAIL`` times
@@ -573,6 +574,14 @@ class DnnScalerPolicy:
         batching trade, not contention (CI run 46: ``wide_mlp`` went b4 n2 -> b8 n3 at
         54 % of b4 n2's capacity, read p99 23.4 against 17.0 ms and went back to b4 n2,
         0.71 of the oracle's b8 n4).
+
+        Nor for tails far under the SLO (under ``BEATEN_TAIL_SHARE`` of it): there a tail is
+        a batch's service and the threads' scheduling, not queueing behind contended
+        cores, and it does not rank capacities (12-07 fresh clone 71, a quiet host:
+        ``resnet_small`` explored b8 n2 from b16 n1 at 515 rps, read p99 26.3 against
+        18.7 ms, 0.12 and 0.09 of a 213.7 ms SLO, went back to b16 n1 and ended at 0.68 of
+        the oracle's b8 n4, which b8 n2 had nearly matched in the sweep, 798 against 810
+        rps; run 32's b4 n3 read 0.70 of its SLO).
         """
         if not state.exploring or not state.left:
             return None
@@ -586,6 +595,8 @@ class DnnScalerPolicy:
         here_tail = same_load_tail(here, load, SAME_LOAD, SAME_LOAD_WINDOWS)
         left_tail = same_load_tail(left, load, SAME_LOAD, SAME_LOAD_WINDOWS)
         if here_tail is None or left_tail is None or here_tail <= WORSE_TAIL * left_tail:
+            return None
+        if here_tail < BEATEN_TAIL_SHARE * slo_ms:
             return None
         return left, here_tail, left_tail
 
