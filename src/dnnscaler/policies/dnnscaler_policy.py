@@ -581,7 +581,8 @@ class DnnScalerPolicy:
         ``resnet_small`` explored b8 n2 from b16 n1 at 515 rps, read p99 26.3 against
         18.7 ms, 0.12 and 0.09 of a 213.7 ms SLO, went back to b16 n1 and ended at 0.68 of
         the oracle's b8 n4, which b8 n2 had nearly matched in the sweep, 798 against 810
-        rps; run 32's b4 n3 read 0.70 of its SLO).
+        rps; in run 32's case the rule needed b4 n3's tail at 1.25 x b8 n2's 24 ms of a
+        54 ms SLO, 0.56 of it).
         """
         if not state.exploring or not state.left:
             return None
