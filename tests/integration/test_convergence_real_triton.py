@@ -169,7 +169,8 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
     early = Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host, slo, speed)
     if _noisy(early) is not None:
         # Already measured the host, not the policy (the box changed speed, or a neighbour
-        # ran): no ladder, whose figures would not be judged (~100-150 s saved).
+        # ran): no ladder, whose figures would not be judged (a ladder took 46-153 s in
+        # fresh clones 72-74).
         return early
     if knobs == best.knobs:
         # The oracle's own config: one capacity, which two ladders would only read with
@@ -183,7 +184,7 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
     # the oracle's own config fails there, the box got slower since the sweep (11-30 06:44:
     # b8 n4 swept at 605 rps, then failed 454 rps): the attempt is not judged (``_noisy``),
     # so no second ladder from lower down is run (it was, until 12-07, and only its time
-    # counted: fresh clone 71 spent ~150 s on one).
+    # counted).
     start_rps = LADDER_START * best.capacity_rps
     ours, theirs, ladder = await side_by_side(
         TRITON,
