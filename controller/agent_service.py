@@ -42,6 +42,7 @@ from dnnscaler.core.convert import (
 )
 from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import InvalidValue, Knobs, WindowStats
+from dnnscaler.policies.decision_trace import TraceRecorder
 from dnnscaler.v1 import agent_pb2, agent_pb2_grpc
 
 log = get_logger(__name__)
@@ -317,6 +318,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 policy_name=settings.policy,
                 policy_params=dict(settings.policy_params),
             )
+            if self.registry.trace_decisions:
+                loop.trace = TraceRecorder(settings.policy, dict(settings.policy_params))
         rec.models[ms.name] = loop
         loop.on_state(knobs, limits, int(ms.generation), mem, ms.available, ms.message)
         if first_seen:  # first time since this controller started: carry on from the store

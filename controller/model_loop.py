@@ -26,6 +26,7 @@ from dnnscaler.core.types import (
 )
 from dnnscaler.core.types import GpuTelemetry as Telemetry
 from dnnscaler.policies.base import Policy
+from dnnscaler.policies.decision_trace import TraceRecorder
 from dnnscaler.policies.registry import STATE_TYPES, make_policy
 
 log = get_logger(__name__)
@@ -66,6 +67,9 @@ class ModelLoop:
     last_reason: str = ""
     knob_changes: int = 0
     pending: PendingUpdate | None = None
+    # Every decision's observation and answer, kept only where asked for (benchmarks and
+    # tests: ``Controller(trace_decisions=True)``), to replay a run offline.
+    trace: TraceRecorder | None = None
     _policy: Policy[Any] | None = None
     _state: Any = None
     # The knobs whose apply failed last, how often in a row, and since when (the first
@@ -123,6 +127,8 @@ class ModelLoop:
         self._policy = make_policy(name, **(params or {}))
         self.policy_name = name
         self.policy_params = dict(params or {})
+        if self.trace is not None:
+            self.trace = TraceRecorder(name, dict(self.policy_params))
         self._state = None
 
     def on_state(
@@ -227,6 +233,7 @@ class ModelLoop:
             instance_memory_mb=self.instance_memory_mb,
         )
         try:
+            before = self._state  # None: the policy starts afresh from this observation
             if self._state is None:
                 self._state = self._policy.initial_state(obs)
             decision = self._policy.decide(obs, self._state)
@@ -237,6 +244,8 @@ class ModelLoop:
             self.last_error = f"policy {self.policy_name}: {e}"
             return None
         self._state = decision.state
+        if self.trace is not None:
+            self.trace.record(before, obs, decision)
         self.approach = decision.approach
         if decision.reason:
             self.last_reason = decision.reason

@@ -69,6 +69,7 @@ class Registry:
         self.config = config
         self.store = store if store is not None else StateStore(config.state_path)
         self.events = EventBus()
+        self.trace_decisions = False  # new model loops keep a decision trace (``Controller``)
         # What was last written per (agent, model): the row is rewritten only when it changed.
         self._persisted: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.agents: dict[str, AgentRecord] = {}

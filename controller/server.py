@@ -51,9 +51,13 @@ class _RequestIdInterceptor(grpc.aio.ServerInterceptor):
 class Controller:
     """A running controller; use ``await start()`` / ``await stop()`` or ``async with``."""
 
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(self, config: ControllerConfig, *, trace_decisions: bool = False) -> None:
+        """``trace_decisions``: keep every decision's observation in each model's loop
+        (``ModelLoop.trace``), for benchmarks and tests to replay; unbounded, so not for a
+        long-running fleet."""
         self.config = config
         self.registry = Registry(config)
+        self.registry.trace_decisions = trace_decisions
         self.metrics = ControllerMetrics()
         self.guard = Guard(
             secure=bool(config.tls_cert),

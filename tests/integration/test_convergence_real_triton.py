@@ -24,6 +24,7 @@ from dnnscaler.bench.retries import ServerStalled, UpstreamDefectError
 from dnnscaler.bench.sweep import oracle_sweep, side_by_side
 from dnnscaler.bench.triton_adapter import TRITON, TritonServer, start_server
 from dnnscaler.core.types import Knobs, Slo
+from dnnscaler.policies.decision_trace import differences, pack, replay, window_lines
 
 # A model is measured again, once, on a fresh server when its attempt could not measure the
 # policy: the server crashed or hung (Triton 2.51 can, with request tracing on:
@@ -357,6 +358,16 @@ async def test_converges_near_oracle(
         f"{model}: {out.run.errors} failed requests: {out.run.error_log}; host"
         f" {_host_line(out.host)}; busiest window {out.run.host_peak}; server log: {server_log}"
     )
+    trace = out.run.trace
+    assert trace is not None and trace.steps, f"{model}: the controller kept no decision trace"
+    # Every decision, replayable offline (``dnnscaler.policies.decision_trace``): in the
+    # JUnit file always, in the message of a miss (CI's log keeps nothing else).
+    packed = pack(trace)
+    record_property("trace", packed)
+    # The policy is a pure function of its observations and state: the same observations
+    # give the same decisions, or what a miss's trace replays would not be the miss.
+    diffs = differences(trace, replay(trace))
+    assert not diffs, f"{model}: the policy's decisions do not replay: {diffs[:3]}"
     ratio = out.ours_rps / out.oracle_rps if out.oracle_rps > 0 else 0.0
     # The ladder stops once the verdict is known: a passing ratio is a lower bound.
     summary = (
@@ -380,5 +391,10 @@ async def test_converges_near_oracle(
         print(f"{model}: under the {TARGET} target (ladder: {out.ladder})")
         record_property("ladder", str(out.ladder))
     # The message carries what CI's log needs to read a miss: the policy's moves and last
-    # plan, and the ladder.
-    assert ratio >= FLOOR, f"{summary}; moves: {moves}; final {out.run.plan}; ladder: {out.ladder}"
+    # plan, the ladder, every window the policy read, and the trace to replay it
+    # (``decision_trace.unpack``).
+    windows = "\n".join(window_lines(trace))
+    assert ratio >= FLOOR, (
+        f"{summary}; moves: {moves}; final {out.run.plan}; ladder: {out.ladder};"
+        f" windows:\n{windows}\ntrace (gzip, base64): {packed}"
+    )

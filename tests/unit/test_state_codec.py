@@ -89,3 +89,16 @@ def test_an_unknown_enum_value_lists_the_valid_ones() -> None:
         from_data(PaperState, data)
     data["phase"] = Phase.BATCHING.value
     assert from_data(PaperState, data).phase is Phase.BATCHING
+
+
+def test_an_observation_with_batch_statistics_round_trips() -> None:
+    # Decision traces keep observations, whose batch statistics map batch sizes (integer
+    # keys: strings in JSON) to statistics.
+    obs, _ = _observations("synthetic/batch-vs-mt", 5, make_policy("dnnscaler"))[-1]
+    assert obs.window.batch_stats
+    data = json.loads(json.dumps(to_data(obs)))
+    assert from_data(Observation, data) == obs
+    key = next(iter(data["window"]["batch_stats"]))
+    data["window"]["batch_stats"]["eight"] = data["window"]["batch_stats"][key]
+    with pytest.raises(InvalidValue, match=r"Observation\.window\.batch_stats: key 'eight'"):
+        from_data(Observation, data)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dnnscaler.bench.reloads import add_reloads_parser
+from dnnscaler.bench.replay_cli import add_replay_parser
 from dnnscaler.bench.report import write_report
 from dnnscaler.bench.scale import add_scale_parser
 from dnnscaler.bench.sim_bench import BENCH_POLICIES, SimBenchConfig, check_policies, run_sim_bench
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``bench`` group to a top-level CLI; returns its parser so others can add to it."""
     bench = subparsers.add_parser("bench", help="run benchmarks (tables, JSON, PNG)")
     sub = bench.add_subparsers(
-        dest="bench_cmd", required=True, metavar="{sim,triton,torchserve,scale,reloads}"
+        dest="bench_cmd", required=True, metavar="{sim,triton,torchserve,scale,reloads,replay}"
     )
     sim = sub.add_parser("sim", help="all policies vs the oracle on simulated GPUs")
     sim.add_argument("--profiles", type=Path, help="profile file (JSON list); default: shipped")
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_torchserve_parser(sub)
     add_scale_parser(sub)
     add_reloads_parser(sub)
+    add_replay_parser(sub)
     return bench
 
 

@@ -19,6 +19,7 @@ from dnnscaler.bench.retries import STALL_WINDOWS, ServerStalled
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.core.types import Knobs, Slo
+from dnnscaler.policies.decision_trace import Trace
 from dnnscaler.policies.dnnscaler_policy import DnnScalerState, plan_summary
 
 
@@ -44,6 +45,8 @@ class Converged:
     # Set when every failed request was the server's own defect (``known_defects``), not a
     # failed apply.
     upstream_defect: str | None = None
+    # Every decision's observation and answer (``decision_trace``): a miss, replayed offline.
+    trace: Trace | None = None
 
 
 def _fmt(k: Knobs) -> str:
@@ -99,7 +102,8 @@ async def converge(
             default_percentile=slo.percentile,
             grace_s=0.5,
             insecure=True,  # one host: the benchmark's own loopback
-        )
+        ),
+        trace_decisions=True,
     )
     await controller.start()
     backend = adapter.make_backend(server)
@@ -165,6 +169,8 @@ async def converge(
         loops = controller.registry.loops_for(model)
         state = loops[0].policy_state if loops else None
         plan = plan_summary(state) if isinstance(state, DnnScalerState) else ""
+        recorder = loops[0].trace if loops else None
+        trace = recorder.trace() if recorder is not None else None
     finally:
         agent.stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
@@ -172,4 +178,4 @@ async def converge(
         await backend.close()
         await controller.stop()
     settled = i - last_move >= settle_windows
-    return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled, defect)
+    return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled, defect, trace)

@@ -1,12 +1,14 @@
 """Policy state to JSON-able data and back.
 
 A policy's state is a frozen dataclass of numbers, strings, enums, tuples and nested frozen
-dataclasses. The controller will persist it per model (SQLite) so that a restarted
-controller resumes what each policy learned instead of probing again; this module is the
-codec. Decoding is typed by the dataclass's own annotations and strict: a wrong type, an
-unknown field or a malformed tuple raises ``InvalidValue`` naming the path to the value
-(``DnnScalerState.surface.law.knots[2]``). A field missing from the data takes its default,
-so state written before a field was added still loads.
+dataclasses (an observation, which decision traces keep, also maps batch sizes to
+statistics: a mapping is encoded as a JSON object, integer keys as strings). The controller
+persists it per model (SQLite) so that a restarted controller resumes what each policy
+learned instead of probing again; this module is the codec. Decoding is typed by the
+dataclass's own annotations and strict: a wrong type, an unknown field or a malformed tuple
+raises ``InvalidValue`` naming the path to the value (``DnnScalerState.surface.law.knots[2]``).
+A field missing from the data takes its default, so state written before a field was added
+still loads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import enum
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from dnnscaler.core.types import InvalidValue
@@ -28,6 +31,8 @@ def to_data(obj: Any) -> Any:
         return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, enum.Enum):
         return obj.value
+    if isinstance(obj, Mapping):
+        return {str(k): to_data(v) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
         return [to_data(x) for x in obj]
     if obj is None or isinstance(obj, bool | int | float | str):
@@ -48,6 +53,8 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
         return _decode_union(get_args(tp), data, path)
     if origin is tuple:
         return _decode_tuple(get_args(tp), data, path)
+    if origin in (dict, Mapping):
+        return _decode_mapping(get_args(tp), data, path)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _decode_dataclass(tp, data, path)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -96,6 +103,23 @@ def _decode_tuple(args: tuple[Any, ...], data: Any, path: str) -> tuple[Any, ...
         raise InvalidValue(path, f"expected {len(args)} items, got {len(data)}")
     pairs = enumerate(zip(args, data, strict=True))
     return tuple(_decode(a, x, f"{path}[{i}]") for i, (a, x) in pairs)
+
+
+def _decode_mapping(args: tuple[Any, ...], data: Any, path: str) -> dict[Any, Any]:
+    if not isinstance(data, dict):
+        raise InvalidValue(path, f"expected an object, got {data!r}")
+    key_tp, value_tp = args
+    out = {}
+    for k, v in data.items():
+        if key_tp is int:
+            try:
+                key: Any = int(k)
+            except ValueError:
+                raise InvalidValue(path, f"key {k!r} is not an integer") from None
+        else:
+            key = _decode(key_tp, k, path)
+        out[key] = _decode(value_tp, v, f"{path}[{k}]")
+    return out
 
 
 def _decode_dataclass(cls: type[Any], data: Any, path: str) -> Any:
