@@ -207,14 +207,14 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
         slowed = (
             f"the box slowed down after the sweep: the oracle's {best.knobs} swept at"
             f" {best.capacity_rps:.0f} rps failed {LADDER_START:g} x that on the"
-            f" ladder ({_rungs(ladder, 'b')})"
+            f" ladder ({_rungs(ladder, 'b')}; ours: {_rungs(ladder, 'a')})"
         )
     burst = None
     if theirs > 0 and (shaky := _burst_at_ours_end(ladder)) is not None:
         burst = (
             f"a burst on the ladder: the oracle's {best.knobs} passed {theirs:.0f}"
             f" rps and failed {shaky['rate_rps']} rps under it, where ours' climb"
-            f" ended ({_rungs(ladder, 'b')})"
+            f" ended ({_rungs(ladder, 'b')}; ours: {_rungs(ladder, 'a')})"
         )
         # A burst can only have ended ours' climb early (the oracle climbed past it: its
         # capacity is read above the burst), so ours' reading is a lower bound: over the
