@@ -36,7 +36,6 @@ class Recording:
     inner: Any
     recorder: dt.TraceRecorder
     name: str = "dnnscaler"
-    states: list[Any] = field(default_factory=list)
 
     def initial_state(self, obs: Observation) -> Any:
         return self.inner.initial_state(obs)
