@@ -4,6 +4,7 @@ departs."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,41 @@ def test_the_replay_command_says_whether_a_trace_replays(
 
 
 DATA = Path(__file__).parent / "data"
+# Near misses a policy change was made for: the step where the policy now departs from the
+# recording, and what it decides there instead. After that step the recorded windows are
+# those of the old decisions, so nothing later is compared.
+FIXED = {
+    # Fresh clone 81 (0.70 of the oracle): b16 n2 went to b8 n3, predicted 1,977 rps, on a
+    # host whose computing instances each took over half of it; now it holds b16 n2
+    # (``Surface.useful_instances``).
+    "trace_wide_mlp_near_miss.jsonl": (10, Knobs(16, 2, 0)),
+    # Fresh clone 82 (0.71): b2 n5's window that ended a drain (7 -> 0 requests, p99 2,253
+    # ms of 63.2) sent the policy to b4 n3; now it is held as the drain's.
+    "trace_serial_io_near_miss.jsonl": (4, Knobs(2, 5, 0)),
+}
+
+
+def _shape(reason: str) -> str:
+    """A decision's reason without its figures: a predicted capacity may move with the
+    model; the kind of decision and the knobs may not, unnoticed."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("trace_*.jsonl")))
 def test_real_triton_runs_replay(name: str) -> None:
     # Recorded by the real-Triton convergence test on this 2-core box (see the file's
-    # header for the run). A refactor of the policy replays them decision for decision; a
-    # change of behaviour shows here, step by step, and is re-recorded with its reason.
+    # header for the run). The policy replays them decision for decision (knobs and the
+    # kind of reason; ``dnnscaler bench replay`` shows every figure too), up to the step a
+    # fix departs at (``FIXED``); a change of behaviour shows here, step by step, and is
+    # re-recorded with its reason.
     trace = dt.loads((DATA / name).read_text())
     assert len(trace.steps) >= 20 and trace.note
-    assert dt.differences(trace, dt.replay(trace)) == []
+    decisions = dt.replay(trace)
+    stop, now = FIXED.get(name, (len(trace.steps), None))
+    for i, (step, d) in enumerate(zip(trace.steps[:stop], decisions, strict=False)):
+        assert (d.knobs, _shape(d.reason)) == (step.knobs, _shape(step.reason)), (
+            f"step {i}: recorded {step.knobs} ({step.reason}), replayed {d.knobs} ({d.reason})"
+        )
+    if now is not None:
+        assert trace.steps[stop].knobs != now
+        assert decisions[stop].knobs == now, decisions[stop].reason

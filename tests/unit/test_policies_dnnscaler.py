@@ -433,6 +433,14 @@ def test_holds_while_a_backlog_drains() -> None:
         state = dec.state
         assert dec.knobs == k and "draining" in dec.reason
     assert not any(r.ceiling_rps > 0 for r in state.records)
+    # The drain's last window: the rest of the backlog went (8 requests, under DRAIN_SHARE
+    # of 300 completions) and its tail is still the backlog's (fresh clone 82, serial_io).
+    end = replace(state, last_pending=8)
+    dec = policy.decide(window(5.0, 0, 2000.0), end)
+    assert dec.knobs == k and "draining" in dec.reason, dec.reason
+    # Not after a window that was not draining, nor with the backlog not shrinking.
+    dec = policy.decide(window(5.0, 0, 2000.0), replace(end, draining=False))
+    assert "draining" not in dec.reason
     dec = policy.decide(window(5.0, 400, 2000.0), state)
     assert "draining" not in dec.reason
 
@@ -828,14 +836,15 @@ def _cpu(o: Observation, busy: float | None = 0.7) -> Observation:
 
 def test_an_exploration_with_a_worse_tail_at_the_same_load_goes_back_on_cores() -> None:
     policy, state = _explored_b4n3(here_tail_ms=38.0)
-    d = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 710.0, 38.0, 0)), state)
+    # A host busy 0.3: each computing instance takes a fifth of it (b4 n3 stays plannable).
+    d = policy.decide(_cpu(_window_obs(8.0, Knobs(4, 3, 0), 710.0, 38.0, 0), 0.3), state)
     assert d.knobs == Knobs(8, 2, 0), d.reason
     assert d.reason.startswith("exploration beaten at the same load"), d.reason
     beaten = {(r.max_batch_size, r.instances): r.beaten_by for r in d.state.records}
     assert beaten[(4, 3)] == (8, 2)
     # The plan now ranks the beaten exploration under the config it lost to, so a later
     # planned move does not take the policy back to it.
-    obs = _cpu(_window_obs(9.0, Knobs(8, 2, 0), 710.0, 24.0, 0))
+    obs = _cpu(_window_obs(9.0, Knobs(8, 2, 0), 710.0, 24.0, 0), 0.3)
     plan = {
         (p.max_batch_size, p.instances): p.capacity_rps
         for p in policy._replan(replace(d.state, plan_key=""), obs, 4, urgent=True).plan
@@ -956,3 +965,78 @@ def test_no_same_load_return_from_an_exploration_that_raised_the_batch() -> None
     state = replace(state, target=k, records=(left, here), left=((4, 2, 0.0),))
     d = policy.decide(_cpu(_window_obs(8.0, k, 710.0, 38.0, 0)), state)
     assert not d.reason.startswith("exploration beaten"), d.reason
+
+
+def _cores_surface(compute_ms: float, busy: float | None, windows: int = 5) -> Surface:
+    """``windows`` one-second windows of batches of 4 whose instances computed
+    ``compute_ms`` in all, the host ``busy`` (None: a GPU, no busy share)."""
+    s = Surface()
+    count = round(compute_ms / 8.0)
+    for t in range(1, windows + 1):
+        w = WindowStats(
+            window_s=1.0,
+            completed=4 * count,
+            batch_stats={4: BatchStat(count, 8.0)},
+            device_busy_share=busy,
+        )
+        s = s.observe(w, 3, float(t), memory_s=60.0)
+    return s
+
+
+def test_useful_instances_is_the_device_over_the_share_each_computing_instance_takes() -> None:
+    # wide_mlp on the 2-core box (12-07 traces): 1,450 ms of compute a second with the host
+    # 0.78 busy, each instance computing takes >= half of it: two. serial_io (sleeps):
+    # 2,100 ms of "compute" a second at 0.25 busy: nine.
+    assert _cores_surface(1450.0, 0.78).useful_instances == 2
+    assert _cores_surface(2100.0, 0.25).useful_instances == 9
+    assert _cores_surface(1000.0, 0.5).useful_instances == 2  # exactly 1/2: no third
+    assert _cores_surface(1000.0, 0.9).useful_instances == 2  # ceil(1.11): a second may help
+    assert _cores_surface(1450.0, None).useful_instances is None  # a GPU: not measured
+    assert _cores_surface(400.0, 0.3, windows=1).useful_instances is None  # too little yet
+
+
+def _b4n2_passing(busy: float | None) -> tuple[DnnScalerPolicy, Observation, DnnScalerState]:
+    """The stop-32 landing CI's shape: b4 n2 serving 350 rps with room under a 50 ms SLO
+    (1,450 ms of compute a second), long enough in force to plan a move."""
+    policy = DnnScalerPolicy()
+    k = Knobs(4, 2, 0)
+    w = WindowStats(
+        window_s=1.0,
+        completed=350,
+        throughput_rps=350.0,
+        latency_p99_ms=22.0,
+        pending_requests=0,
+        batch_stats={2: BatchStat(175, 8.3)},
+        device_busy_share=busy,
+    )
+    limits = KnobLimits(max_batch_size=16, max_instances=4)
+    state = None
+    for t in range(1, 16):
+        o = Observation(float(t), "m", Slo(50.0, 99.0), k, limits, w)
+        state = policy.initial_state(o) if state is None else state
+        state = policy.decide(o, state).state
+    assert state is not None
+    return policy, Observation(16.0, "m", Slo(50.0, 99.0), k, limits, w), state
+
+
+def test_no_planned_instance_past_what_a_cores_device_runs_on_compute_of_its_own() -> None:
+    # With the host's busy share, each computing instance takes over half of it: the plan
+    # has no third instance, whatever the contention prior (GPU curves) says.
+    policy, o, state = _b4n2_passing(0.8)
+    plan = policy._replan(replace(state, plan_key=""), o, 4, urgent=True).plan
+    assert {p.instances for p in plan} <= {1, 2}
+    d = policy.decide(o, state)
+    assert d.knobs.instances <= 2, d.reason
+    # On a GPU (no busy share) the third instance stays a candidate.
+    policy, o, state = _b4n2_passing(None)
+    plan = policy._replan(replace(state, plan_key=""), o, 4, urgent=True).plan
+    assert 3 in {p.instances for p in plan}
+
+
+def test_a_config_in_force_past_the_useful_count_stays_a_candidate() -> None:
+    # The bound stops adding instances; it is no reason to move (the plan keeps n = 3).
+    policy, o, state = _b4n2_passing(0.8)
+    k = Knobs(4, 3, 0)
+    got = policy._replan(replace(state, plan_key="", target=k), replace(o, knobs=k), 4, True)
+    assert 3 in {p.instances for p in got.plan}
+    assert 4 not in {p.instances for p in got.plan}

@@ -91,6 +91,7 @@ class DnnScalerState:
     records: tuple[ConfigRecord, ...] = ()
     last_pending: int = 0
     last_throughput_rps: float = 0.0  # the previous window's (a stall shows as a drop)
+    draining: bool = False  # the previous window was held as a backlog draining
     plan_key: str = ""
     plan: tuple[PlanEntry, ...] = ()
     plan_s: float = 0.0
@@ -166,7 +167,8 @@ class DnnScalerPolicy:
     def decide(self, obs: Observation, state: DnnScalerState) -> Decision[DnnScalerState]:
         n_fit = instances_that_fit(obs.limits, obs.knobs.instances, obs.instance_memory_mb, obs.gpu)
         prev_throughput = state.last_throughput_rps
-        state = replace(state, last_throughput_rps=obs.window.throughput_rps)
+        was_draining = state.draining
+        state = replace(state, last_throughput_rps=obs.window.throughput_rps, draining=False)
         if (obs.slo.latency_ms, obs.slo.percentile) != (state.slo_ms, state.slo_percentile):
             state = replace(
                 state,
@@ -238,12 +240,24 @@ class DnnScalerPolicy:
         if w.pending_requests is not None and (
             (latency > OVERLOAD_TAIL * slo and shrink > DRAIN_SHARE * w.completed)
             or (stalled and latency > slo and shrink > 0)
+            # The drain's last window: what was left of the backlog went (by less than
+            # DRAIN_SHARE) and its requests, queued since the drain began, set the tail. On
+            # 12-07 (fresh clone 82) serial_io's b2 n5 drained 101 -> 7 -> 0 requests; the
+            # window ending at 0 read p99 2,253 ms of 63.2, was taken for b2 n5's own, and
+            # the policy left it for b4 n3, which carried 0.71 of the oracle's b1 n4.
+            or (was_draining and latency > OVERLOAD_TAIL * slo and shrink > 0)
         ):
             # The backlog shrinks: the config in force serves more than arrives, and the
             # tail is the wait the backlog inherited (from a previous config or a burst).
             # Not a measurement of this config: no ceiling, no move, no tail calibration.
             return self._hold(
-                replace(state, surface=surface, last_pending=pending, recent_moves_s=moves),
+                replace(
+                    state,
+                    surface=surface,
+                    last_pending=pending,
+                    recent_moves_s=moves,
+                    draining=True,
+                ),
                 f"draining a backlog of {pending} requests (p{obs.slo.percentile:g} "
                 f"{latency:.1f}ms / SLO {slo:.1f}ms)",
             )
@@ -403,7 +417,7 @@ class DnnScalerPolicy:
             if (
                 not overloaded
                 and state.over_windows >= 2
-                and target.instances < n_fit
+                and target.instances < _useful(surface, target, n_fit)
                 and not any(_key(r) == wider and r.ceiling_rps > 0 for r in state.records)
                 and (saturated is None or wider[1] <= saturated)
             ):
@@ -737,7 +751,7 @@ class DnnScalerPolicy:
             (b, n): capacity_rps(
                 n, b, bold[n - 1], surface.law, slo_ms / math.exp(ratios[n - 1]), q, peak
             )
-            for n in range(1, n_max + 1)
+            for n in range(1, _useful(surface, state.target, n_max) + 1)
             for b in grid
         }
 
@@ -746,13 +760,14 @@ class DnnScalerPolicy:
     ) -> DnnScalerState:
         surface = state.surface
         n_max = max(1, min(obs.limits.max_instances, n_fit))
+        n_useful = _useful(surface, state.target, n_max)
         grid = batch_grid(obs.limits.max_batch_size)
         curve = surface.curve(n_max)
         key = ";".join(
             [
                 f"{obs.slo.latency_ms:.4g}/{obs.slo.percentile:g}/{n_max}/{grid[-1]}",
                 f"{surface.law.key()}/{_q(math.exp(state.tail_log_ratio))}"
-                f"/{state.explored_instances}",
+                f"/{state.explored_instances}/{n_useful}",
                 ",".join(_q(x) for x in curve),
                 ",".join(
                     f"{r.max_batch_size}/{r.instances}/{_q(r.floor_rps)}/{_q(r.ceiling_rps)}"
@@ -778,7 +793,7 @@ class DnnScalerPolicy:
         # candidates: their contention is the prior's guess (the known GPUs' curves), which
         # a different device (a 2-core CPU) can miss by a factor of two. Instances are
         # explored one measured step at a time; the overload fallback is not bounded.
-        n_plan = min(n_max, state.explored_instances + EXPLORE_INSTANCES)
+        n_plan = min(n_useful, state.explored_instances + EXPLORE_INSTANCES)
         plan = []
         for n in range(1, n_plan + 1):
             lat = curve[n - 1]
@@ -820,6 +835,26 @@ class DnnScalerPolicy:
         # 3 % tie-break but, under ``max``, never acted as one.)
         plan.sort(key=_rank)
         return replace(state, plan_key=key, plan=tuple(plan), plan_s=obs.now_s)
+
+
+def _useful(surface: Surface, target: Knobs, n_max: int) -> int:
+    """``n_max``, or on a cores device the instances it runs on compute of their own
+    (``Surface.useful_instances``) if fewer; never under the count in force (a bound on
+    adding instances, not a reason to move).
+
+    On such a device the contention prior (the known GPUs' curves) promises capacity from
+    instances that only time-share the cores, and at a load well under capacity no window
+    refutes it: on 12-07 (the stop-32 landing CI, a quiet host) ``wide_mlp`` held b4 n2 at
+    349 rps, then moved to b1 n3 (predicted 650 rps) and b2 n4 (635), which failed the
+    ladder's first rung, 419 rps, with 282 errors, against the oracle's b8 n2 at 618; and
+    (fresh clone 81) b16 n2 went to b8 n3, predicted 1,977 rps, which carried 0.70 of the
+    oracle's b8 n1. In the recorded windows each ``wide_mlp`` instance computing took
+    0.54-0.77 of the host (two useful), each ``serial_io`` one 0.15 (seven).
+    """
+    useful = surface.useful_instances
+    if useful is None:
+        return n_max
+    return max(1, min(n_max, max(useful, target.instances)))
 
 
 def _frugal(entries: list[PlanEntry], default: PlanEntry, tie: float) -> PlanEntry:

@@ -21,6 +21,9 @@ throughput roofline ``m b / peak``.
   reported where it measures capacity, e.g. host CPUs), ``m > m_s`` instances can only
   time-share it, so ``L(m) >= L(m_s) m / m_s``. Without it, the prior's contention (the
   known GPUs') makes a third instance on a 2-core CPU look like a gain.
+- On the same devices the busy share also says how many instances get compute of their own
+  (``useful_instances``): the whole-device time the windows kept busy over their
+  instances' compute time is the share one computing instance takes.
 - ``peak`` (items/s the GPU can do) starts at ``(1 + PEAK_HEADROOM)`` times the best
   single-knob throughput the model predicts and rises if a window measured more.
 
@@ -59,6 +62,8 @@ SATURATED_BUSY = 0.9  # device busy share from which the device counts as satura
 UNSATURATED_BUSY = 0.75  # below this at the saturated busy count, the saturation is gone
 SATURATION_EVIDENCE = 0.5  # full windows of saturated evidence before it bounds the curve
 FULL_WINDOW_BATCHES = 20  # batches from which a window counts fully in the batch law
+WORK_EVIDENCE_MS = 500.0  # instances' compute (ms, decayed) before ``useful_instances`` counts
+USEFUL_SLACK = 0.05  # a share within this of 1 / k still allows k instances (noise)
 
 
 @lru_cache(maxsize=1)
@@ -104,6 +109,27 @@ class Surface:
     # over what the surface expected (> 1: the device got slower, e.g. a co-located model).
     shift_s: float | None = None
     shift_ratio: float = 1.0
+    # Cores devices (those reporting ``device_busy_share``): decayed sums of the whole-device
+    # time the windows kept busy and of their instances' compute time (ms).
+    work_device_ms: float = 0.0
+    work_compute_ms: float = 0.0
+
+    @property
+    def useful_instances(self) -> int | None:
+        """How many instances a cores device can run at once on compute of their own
+        (None: not a cores device, or too little evidence).
+
+        An instance computing takes a share of the device: at most the device time kept
+        busy over the instances' compute time (the host's busy time also counts the
+        server's frontend and a load generator sharing it, so this overstates the share).
+        Past ``ceil(1 / share)`` instances only time-share what the others use: a model
+        that waits (on I/O, on a lock) uses little of the device and may run many; one
+        that computes on a core of a 2-core host, two.
+        """
+        if self.work_compute_ms < WORK_EVIDENCE_MS or self.work_device_ms <= 0:
+            return None
+        share = self.work_device_ms / self.work_compute_ms
+        return max(1, math.ceil(1.0 / share - USEFUL_SLACK))
 
     @property
     def saturated_m(self) -> float | None:
@@ -253,6 +279,12 @@ class Surface:
                 # The batch law keeps its evidence: interference scales every size alike.
                 shift_s, shift_ratio = now_s, norm / exp_m
         busy = w.device_busy_share
+        work_device_ms, work_compute_ms = self.work_device_ms, self.work_compute_ms
+        if self.updated_s is not None:
+            work_device_ms, work_compute_ms = work_device_ms * decay, work_compute_ms * decay
+        if busy is not None:
+            work_device_ms += busy * w.window_s * 1000.0
+            work_compute_ms += busy_ms
         if busy is not None and busy >= SATURATED_BUSY:
             sat_w, sat_sum = sat_w + wt, sat_sum + wt * m_seen
         elif (
@@ -283,6 +315,8 @@ class Surface:
             sat_sum=sat_sum,
             shift_s=shift_s,
             shift_ratio=shift_ratio,
+            work_device_ms=work_device_ms,
+            work_compute_ms=work_compute_ms,
         )
 
 
