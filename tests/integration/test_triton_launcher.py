@@ -137,6 +137,60 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     assert procs_with(str(tmp_path / "w")) == []
 
 
+_HUNG_OWNER = """
+import sys, time
+from pathlib import Path
+from dnnscaler.triton.launcher import LocalTriton
+t = LocalTriton(sys.argv[1], ["echo"], workdir=Path(sys.argv[2]), exit_timeout_s=1).start()
+print("SERVER_PID", t.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_server_is_killed_when_its_owner_is_killed(repo: Path, tmp_path: Path) -> None:
+    """A server that ignores its parent-death SIGTERM (stopped here with SIGSTOP, as one hung
+    in its model instances) is SIGKILLed with its stubs by the launcher's watchdog, once the
+    grace (exit timeout + 5 s) is over. On 12-07 a hung Triton outlived its owner by 67 min."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) not installed: no parent-death signal")
+    workdir = tmp_path / "w"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _HUNG_OWNER, str(repo), str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    left: list[int] = []
+    try:
+        assert owner.stdout is not None
+        seen = []  # the owner's log lines come first (structlog writes to stdout)
+        for line in owner.stdout:
+            seen.append(line)
+            if line.startswith("SERVER_PID "):
+                break
+        else:
+            raise AssertionError(f"the owner started no server: {''.join(seen)[-2000:]}")
+        pid = int(line.split()[1])
+        assert pid in procs_with(str(workdir))
+        os.kill(pid, signal.SIGSTOP)  # hung: no signal but KILL ends it
+        owner.kill()
+        owner.wait(timeout=30)
+        for _ in range(600):  # the grace is 6 s; bounded at 60 s
+            left = procs_with(str(workdir))
+            if not left:
+                break
+            time.sleep(0.1)
+        log = (workdir / "tritonserver.log").read_text(errors="replace")[-2000:]
+        assert left == [], f"left running after the owner's kill -9: {left}; log: {log}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        for pid in procs_with(str(workdir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
     """kill -9 of the process that started Triton (no cleanup runs) still stops Triton: it
     gets SIGTERM from the kernel (``setpriv --pdeathsig``) and shuts down by itself."""

@@ -87,6 +87,44 @@ def die_with_parent_prefix() -> list[str]:
     return [tool, "--pdeathsig", "TERM"] if tool else []
 
 
+# The watchdog (``sh``): on its own parent-death SIGTERM, SIGTERM the server, wait up to
+# the grace for it to exit, then SIGKILL its whole process group (the server leads it, its
+# stubs are in it). It exits by itself once the server is gone.
+_WATCHDOG = """
+pid=$1; grace=$2; pause=""
+stop() {
+  [ -n "$pause" ] && kill "$pause" 2>/dev/null
+  kill -TERM "$pid" 2>/dev/null
+  i=0
+  while kill -0 "$pid" 2>/dev/null && [ "$i" -lt "$grace" ]; do sleep 1; i=$((i+1)); done
+  kill -s KILL -- "-$pid" 2>/dev/null
+  exit 0
+}
+trap stop TERM
+while kill -0 "$pid" 2>/dev/null; do sleep 5 & pause=$!; wait "$pause"; done
+"""
+
+
+def start_watchdog(pid: int, grace_s: int) -> subprocess.Popen[bytes] | None:
+    """A process that, when the thread that started it exits, makes sure server ``pid``
+    and its process group follow within ``grace_s`` (None without ``setpriv``).
+
+    The server's own parent-death SIGTERM is not enough: a server hung in its model
+    instances ignores it. On 12-07 a Triton 2.51 that had hung in a measuring script
+    outlived the script by 67 minutes (and took a core), until it was killed by hand.
+    """
+    prefix = die_with_parent_prefix()
+    if not prefix:
+        return None
+    return subprocess.Popen(
+        [*prefix, "sh", "-c", _WATCHDOG, "dnnscaler-triton-watchdog", str(pid), str(grace_s)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in a terminal's group: only the parent's death ends it
+    )
+
+
 class LocalTriton:
     """A local Triton server; use ``with``/``async with`` or ``start()``/``stop()``.
 
@@ -136,6 +174,7 @@ class LocalTriton:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_fh: BinaryIO | None = None
         self._pgid: int | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- addresses -------------------------------------------------------------------
     def _p(self) -> Ports:
@@ -296,6 +335,8 @@ class LocalTriton:
             start_new_session=True,
         )
         self._pgid = self._proc.pid
+        # Triton's own exit on SIGTERM waits up to exit_timeout_s for in-flight work.
+        self._watchdog = start_watchdog(self._proc.pid, int(self.exit_timeout_s) + 5)
         log.info(
             "triton.starting",
             pid=self._proc.pid,
@@ -335,6 +376,11 @@ class LocalTriton:
         stopped cleanly; after a crash or a kill it stays, for its log."""
         proc = self._proc
         clean = False
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:  # not needed for a stop we do ourselves (KILL: no trap)
+            with contextlib.suppress(ProcessLookupError):
+                watchdog.kill()
+            watchdog.wait()
         if proc is not None:
             clean = proc.poll() is None  # running until now: our SIGTERM ends it
             pgid = proc.pid  # start_new_session: the server leads its own group
