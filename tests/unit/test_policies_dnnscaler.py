@@ -30,6 +30,7 @@ from dnnscaler.policies.dnnscaler_policy import (
     DnnScalerPolicy,
     DnnScalerState,
     PlanEntry,
+    _useful,
     batch_grid,
     fit_during_change,
     plan_summary,
@@ -1020,23 +1021,25 @@ def _b4n2_passing(busy: float | None) -> tuple[DnnScalerPolicy, Observation, Dnn
 
 
 def test_no_planned_instance_past_what_a_cores_device_runs_on_compute_of_its_own() -> None:
-    # With the host's busy share, each computing instance takes over half of it: the plan
-    # has no third instance, whatever the contention prior (GPU curves) says.
-    policy, o, state = _b4n2_passing(0.8)
-    plan = policy._replan(replace(state, plan_key=""), o, 4, urgent=True).plan
-    assert {p.instances for p in plan} <= {1, 2}
-    d = policy.decide(o, state)
-    assert d.knobs.instances <= 2, d.reason
-    # On a GPU (no busy share) the third instance stays a candidate.
-    policy, o, state = _b4n2_passing(None)
-    plan = policy._replan(replace(state, plan_key=""), o, 4, urgent=True).plan
-    assert 3 in {p.instances for p in plan}
+    # The plan forecasts a third instance far ahead (the contention prior); with the host's
+    # busy share each computing instance takes over half of it, so the planned move goes to
+    # the best config with two. Without a busy share (a GPU) the forecast wins.
+    plan = (PlanEntry(2, 3, 1000.0), PlanEntry(8, 2, 760.0), PlanEntry(4, 2, 645.0))
+    moves = {}
+    for busy in (0.8, None):
+        policy, o, state = _b4n2_passing(busy)
+        # The plan as given (re-planned under 5 s ago under this SLO).
+        state = replace(state, plan=plan, plan_key="50/99/4/16;given", plan_s=o.now_s)
+        moves[busy] = policy.decide(o, state)
+    assert moves[0.8].knobs == Knobs(8, 2, 0), moves[0.8].reason
+    assert moves[None].knobs == Knobs(2, 3, 0), moves[None].reason
 
 
-def test_a_config_in_force_past_the_useful_count_stays_a_candidate() -> None:
-    # The bound stops adding instances; it is no reason to move (the plan keeps n = 3).
-    policy, o, state = _b4n2_passing(0.8)
-    k = Knobs(4, 3, 0)
-    got = policy._replan(replace(state, plan_key="", target=k), replace(o, knobs=k), 4, True)
-    assert 3 in {p.instances for p in got.plan}
-    assert 4 not in {p.instances for p in got.plan}
+def test_the_useful_count_never_falls_under_the_count_in_force() -> None:
+    # A bound on adding instances, not a reason to move: a config in force with three
+    # stays a candidate (and a GPU has no bound at all).
+    surface = _cores_surface(1450.0, 0.78)
+    assert _useful(surface, Knobs(4, 2, 0), 4) == 2
+    assert _useful(surface, Knobs(4, 3, 0), 4) == 3
+    assert _useful(surface, Knobs(4, 1, 0), 1) == 1  # never past what fits
+    assert _useful(_cores_surface(1450.0, None), Knobs(4, 2, 0), 4) == 4
