@@ -66,6 +66,9 @@ class ModelLoop:
     last_error: str = ""
     last_reason: str = ""
     knob_changes: int = 0
+    # Decisions the policy made (a window while an update is pending asks it nothing): how
+    # long the knobs in force were seen, which wall-clock windows overstate across a reload.
+    decisions: int = 0
     pending: PendingUpdate | None = None
     # Every decision's observation and answer, kept only where asked for (benchmarks and
     # tests: ``Controller(trace_decisions=True)``), to replay a run offline.
@@ -244,6 +247,7 @@ class ModelLoop:
             self.last_error = f"policy {self.policy_name}: {e}"
             return None
         self._state = decision.state
+        self.decisions += 1
         if self.trace is not None:
             self.trace.record(before, obs, decision)
         self.approach = decision.approach

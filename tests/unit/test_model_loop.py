@@ -54,6 +54,9 @@ def test_update_only_on_change_and_waits_for_confirmation() -> None:
     assert loop.pending is None
     assert loop.decide(2.0, W, SLO, GpuTelemetry(), CFG) is None  # same knobs: nothing sent
     assert loop.knob_changes == 1
+    # The policy was asked twice: the window while the update was pending asked it nothing
+    # (what ``bench converge`` counts as windows seen on the knobs in force).
+    assert loop.decisions == 2
 
 
 def test_apply_timeout_then_retry() -> None:

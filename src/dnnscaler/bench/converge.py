@@ -88,9 +88,12 @@ async def converge(
     """Run ``policy`` through the real controller and agent at a fixed open-loop rate for
     ``windows`` control windows; return the knobs in force at the end, the client errors and
     the policy's moves. With ``settle_windows``, it runs on (up to ``max_windows``) until
-    the knobs have been held that many windows: a move made in the last window is a
-    decision, not yet a converged config (12-05 CI run 11: ``wide_mlp`` moved b4 n2 -> b4 n3
-    in window 30 of 30, and b4 n3 was judged without the policy ever seeing it run).
+    the policy has decided that many windows on the knobs in force: a move made in the last
+    window is a decision, not yet a converged config (12-05 CI run 11: ``wide_mlp`` moved b4
+    n2 -> b4 n3 in window 30 of 30, and b4 n3 was judged without the policy ever seeing it
+    run). Decisions, not wall-clock windows: a reload takes up to ~12 s on 2 cores, and the
+    policy decides nothing meanwhile (12-07: ``resnet_small``'s b32 n2, in force at t=28 of
+    a move at t=16, was judged after three decisions, the first "measuring").
     Raises ``ServerStalled`` as soon as the server completes nothing for ``STALL_WINDOWS``."""
     await apply_and_wait(server.setup, model, start_knobs)
     controller = Controller(
@@ -118,25 +121,28 @@ async def converge(
             server, model, rate_rps=rate_rps, seed=7, max_duration_s=600
         ) as gen:
             idle = 0
+            decided = 0
             meter = HostMeter()
             peak: HostLoad | None = None
-            last_move = 0
+            held = 0  # decisions on the knobs in force since the last move
             limit = max(windows, max_windows or 0)
             i = 0
-            while i < windows or (i < limit and i - last_move < settle_windows):
+            while i < windows or (i < limit and held < settle_windows):
                 i += 1
                 await asyncio.sleep(window_s)
                 load = meter.read()
                 if load is not None and (peak is None or load.total_cpus > peak.total_cpus):
                     peak = load
                 loop = controller.registry.loops_for(model)
+                if loop:
+                    held = loop[0].decisions - decided
                 if loop and loop[0].knob_changes > changes:
                     # Read once a window: two changes in one window show as one line, so
                     # the line says how many and where the knobs are headed (CI run 40
                     # recorded one move and ended on knobs that move did not name).
                     n = loop[0].knob_changes - changes
                     changes = loop[0].knob_changes
-                    last_move = i
+                    decided, held = loop[0].decisions, 0
                     target = _controller_target(controller, model)
                     head = f"t={time.monotonic() - t0:.0f}" + (f" ({n} changes)" if n > 1 else "")
                     to = f" -> {_fmt(target)}" if target is not None else ""
@@ -177,5 +183,5 @@ async def converge(
             await asyncio.wait_for(task, 15)
         await backend.close()
         await controller.stop()
-    settled = i - last_move >= settle_windows
+    settled = held >= settle_windows
     return Converged(knobs, errors, tuple(moves), plan, peak, error_log, i, settled, defect, trace)
