@@ -178,6 +178,11 @@ FIXED = {
     # Fresh clone 82 (0.71): b2 n5's window that ended a drain (7 -> 0 requests, p99 2,253
     # ms of 63.2) sent the policy to b4 n3; now it is held as the drain's.
     "trace_serial_io_near_miss.jsonl": (4, Knobs(2, 5, 0)),
+    # Two passing runs (1.00 of the oracle's b8 n1 each) went b4 n2 -> b64 n2 and b32 n2,
+    # batch sizes never run at two instances, on the batch law; now b32 n1, one grid step
+    # past the b16 n1 run (``_batch_reach``), where the second run ended anyway.
+    "trace_wide_mlp.jsonl": (15, Knobs(32, 1, 0)),
+    "trace_wide_mlp_bounded.jsonl": (7, Knobs(32, 1, 0)),
 }
 
 

@@ -6,6 +6,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from dnnscaler.core.types import (
     WindowStats,
     instances_that_fit,
 )
+from dnnscaler.policies import decision_trace as dt
 from dnnscaler.policies.batch_law import BatchLaw
 from dnnscaler.policies.capacity_model import capacity_rps, predicted_tail_ms
 from dnnscaler.policies.config_records import ConfigRecord, headroom_rps, rescale_records
@@ -30,6 +32,7 @@ from dnnscaler.policies.dnnscaler_policy import (
     DnnScalerPolicy,
     DnnScalerState,
     PlanEntry,
+    _batch_reach,
     _useful,
     batch_grid,
     fit_during_change,
@@ -1043,3 +1046,65 @@ def test_the_useful_count_never_falls_under_the_count_in_force() -> None:
     assert _useful(surface, Knobs(4, 3, 0), 4) == 3
     assert _useful(surface, Knobs(4, 1, 0), 1) == 1  # never past what fits
     assert _useful(_cores_surface(1450.0, None), Knobs(4, 2, 0), 4) == 4
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_batch_is_explored_one_grid_step_past_those_run_at_its_count() -> None:
+    records = (ConfigRecord(16, 1), ConfigRecord(8, 2))
+    assert _batch_reach(records, 1) == 32
+    assert _batch_reach(records, 2) == 16
+    assert _batch_reach(records, 3) == 16  # the nearest count run below
+    assert _batch_reach((ConfigRecord(8, 2),), 1) == 16  # none below: the nearest above
+    assert _batch_reach((), 2) == math.inf  # nothing run yet: no bound
+
+
+def test_a_real_run_on_cores_explores_the_next_batch_not_the_forecast_jump() -> None:
+    # resnet_small on the 2-core box held b8 n2 at ~1,000 rps with the host 0.93-1.00 busy,
+    # then moved to b32 n2 forecast at 3,899 rps (a batch law read across instance counts);
+    # now the next batch at n = 2, b16, whose own windows then correct the law.
+    trace = dt.loads((DATA / "jump_resnet_small.jsonl").read_text())
+    decisions = dt.replay(trace)
+    moved = [i for i, s in enumerate(trace.steps) if s.knobs != s.obs.knobs]
+    assert moved == [1, 9]
+    for i in range(9):
+        assert decisions[i].knobs == trace.steps[i].knobs, i
+    assert trace.steps[9].knobs == Knobs(32, 2, 0)
+    assert decisions[9].knobs == Knobs(16, 2, 0)
+
+
+def _overloaded_b16n1(busy: float) -> Observation:
+    """resnet_small's first recorded window at b16 n1, made an overload: 544 rps offered,
+    420 completed, a backlog of 124 and p99 325 ms over a 231.4 ms SLO."""
+    first = dt.loads((DATA / "trace_resnet_small.jsonl").read_text()).steps[0].obs
+    window = replace(
+        first.window,
+        window_s=1.0,
+        completed=420,
+        throughput_rps=420.0,
+        latency_p99_ms=325.0,
+        latency_p95_ms=300.0,
+        latency_p50_ms=200.0,
+        latency_mean_ms=160.0,
+        pending_requests=124,
+        batch_stats={16: BatchStat(26, 46.4)},
+        compute_mean_ms=46.4,
+        queue_mean_ms=130.0,
+        device_busy_share=busy,
+    )
+    return replace(first, now_s=first.now_s + 1.0, slo=Slo(231.4, 99.0), window=window)
+
+
+def test_the_overload_fallback_never_moves_to_less_than_the_config_in_force_completes() -> None:
+    # With the host read saturated at one instance, the model's raw capacity for b16 n1 is
+    # 345 rps and b64 n1's 365: the fallback went to b64 n1, under the 420 b16 n1 completed.
+    policy = DnnScalerPolicy()
+    o = _overloaded_b16n1(busy=1.0)
+    d = policy.decide(o, policy.initial_state(o))
+    assert d.knobs == o.knobs, d.reason
+    assert d.reason.startswith("overloaded at the best known config"), d.reason
+    # With room on the host, the fallback still moves, to a second instance.
+    o = _overloaded_b16n1(busy=0.75)
+    d = policy.decide(o, policy.initial_state(o))
+    assert d.knobs == Knobs(8, 2, 0), d.reason
