@@ -33,6 +33,7 @@ from dnnscaler.policies.dnnscaler_policy import (
     DnnScalerState,
     PlanEntry,
     _batch_reach,
+    _half_batch,
     _useful,
     batch_grid,
     fit_during_change,
@@ -1108,3 +1109,10 @@ def test_the_overload_fallback_never_moves_to_less_than_the_config_in_force_comp
     o = _overloaded_b16n1(busy=0.75)
     d = policy.decide(o, policy.initial_state(o))
     assert d.knobs == Knobs(8, 2, 0), d.reason
+
+
+def test_a_violation_move_on_cores_takes_half_the_batch_for_a_forecast_within_a_tenth() -> None:
+    plan = [PlanEntry(16, 2, 1567.0), PlanEntry(8, 2, 1471.0), PlanEntry(4, 2, 1309.0)]
+    assert _half_batch(plan, plan[0], 0.1) == plan[1]  # 6 % under: the smaller batch
+    assert _half_batch(plan, plan[1], 0.1) == plan[1]  # b4 is 11 % under b8: b8 stays
+    assert _half_batch(plan[:1], plan[0], 0.1) == plan[0]  # no half in the plan

@@ -54,6 +54,7 @@ SLO_CHANGE_WINDOW_S = 30.0  # after an SLO change, a latency-bound tail steps ba
 OVERLOAD_GROWTH = 1.05  # measured load over throughput that means a growing backlog
 OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
 EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest count run
+BATCH_TIE = 0.1  # a violation move on cores takes half the batch for a forecast this close
 EXPLORE_BATCH = 2  # on a cores device, a move's batch at most this many x the largest run
 KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
 UNTRIED_GAIN = 0.15  # predicted gain a planned move to a config never run needs
@@ -419,6 +420,8 @@ class DnnScalerPolicy:
                     key=lambda p: p.capacity_rps,
                     default=PlanEntry(target.max_batch_size, target.instances, cur_cap),
                 )
+            if cores_device and best.max_batch_size >= target.max_batch_size:
+                best = _half_batch(reachable, best, BATCH_TIE)
             if best.capacity_rps > cur_cap * (1.0 + self.min_gain):
                 return self._move(state, obs, best, n_fit, f"over the SLO ({why_tail}): ")
             tightened = obs.now_s - state.slo_changed_s < SLO_CHANGE_WINDOW_S
@@ -908,6 +911,20 @@ def _batch_reach(records: tuple[ConfigRecord, ...], instances: int) -> float:
     below = [n for n in by_count if n <= instances]
     n = max(below) if below else min(by_count)
     return EXPLORE_BATCH * by_count[n]
+
+
+def _half_batch(entries: list[PlanEntry], best: PlanEntry, tie: float) -> PlanEntry:
+    """``best``, or the config with half its batch (the grid's next size down) at its
+    instance count if that is predicted within ``tie`` of it."""
+    half = next(
+        (
+            p
+            for p in entries
+            if p.instances == best.instances and 2 * p.max_batch_size == best.max_batch_size
+        ),
+        None,
+    )
+    return half if half is not None and half.capacity_rps >= (1 - tie) * best.capacity_rps else best
 
 
 def _frugal(entries: list[PlanEntry], default: PlanEntry, tie: float) -> PlanEntry:
