@@ -145,7 +145,16 @@ class SimEnv:
 
 
 class TritonEnv:
-    """A local real Triton with the built-in demo models and one load generator per model."""
+    """A local real Triton with the built-in demo models and one load generator per model.
+
+    Supervised as a service manager would: a server that dies (Triton 2.51 can, under
+    reloads: docs/triton.md) is started again on the same ports, with the models' config
+    files as the last apply wrote them, up to ``MAX_RESTARTS`` times; the agent finds it
+    there and sets its knobs again (the agent's reconcile), and the load generators'
+    channels reconnect. Each death is kept (exit code, log tail) for the summary."""
+
+    MAX_RESTARTS = 3
+    SUPERVISE_S = 1.0  # how often the server's process is checked
 
     def __init__(self, plans: list[DemoModelPlan], workdir: Path) -> None:
         self.plans = plans
@@ -154,31 +163,87 @@ class TritonEnv:
         self.triton: Any = None
         self.backend: Backend = None  # type: ignore[assignment]
         self.agent_settings: dict[str, Any] = {}
+        # One line per death of the server during the run, and whether it came back.
+        self.deaths: list[str] = []
         self._stack = contextlib.AsyncExitStack()
         self._errors_seen: dict[str, int] = {}
+        self._ports: tuple[int, int, int] = (0, 0, 0)
+        self._supervisor: asyncio.Task[None] | None = None
+        self._t0 = time.monotonic()
 
     async def __aenter__(self) -> TritonEnv:
         from dnnscaler.agents.backends.triton import TritonBackend
         from dnnscaler.loadgen.generator import LoadGen
         from dnnscaler.triton.demo_models import write_repository
-        from dnnscaler.triton.launcher import LocalTriton
+        from dnnscaler.triton.launcher import free_port
 
         repo = self.workdir / "models"
-        names = [p.name for p in self.plans]
-        write_repository(repo, names)
-        self.triton = await self._stack.enter_async_context(
-            LocalTriton(repo, names, workdir=self.workdir / "triton")
-        )
+        write_repository(repo, [p.name for p in self.plans])
+        # Fixed ports: a restarted server must be where the agent and the clients look.
+        self._ports = (free_port(), free_port(), free_port())
+        self.triton = self._server(repo, "triton")
+        await self.triton.start_async()
+        self._stack.push_async_callback(self._stop_server)
         self.backend = TritonBackend(self.triton.grpc_url, metrics_url=self.triton.metrics_url)
         for i, p in enumerate(self.plans):
             gen = LoadGen(
                 self.triton.grpc_url, p.name, rate_rps=p.rates_rps[0], seed=i, max_duration_s=900
             )
             self.loadgens[p.name] = await self._stack.enter_async_context(gen)
+        self._t0 = time.monotonic()
+        self._supervisor = asyncio.create_task(self._supervise(repo))
+        self._stack.push_async_callback(self._stop_supervisor)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._stack.aclose()
+
+    def _server(self, repo: Path, folder: str) -> Any:
+        from dnnscaler.triton.launcher import LocalTriton
+
+        grpc_port, http_port, metrics_port = self._ports
+        return LocalTriton(
+            repo,
+            [p.name for p in self.plans],
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            workdir=self.workdir / folder,
+        )
+
+    async def _supervise(self, repo: Path) -> None:
+        while True:
+            await asyncio.sleep(self.SUPERVISE_S)
+            if self.triton.running():
+                continue
+            at = time.monotonic() - self._t0
+            note = self.triton.death_note(15) or "exited"
+            log.error("demo.server_died", t_s=round(at, 1), death=note)
+            await asyncio.to_thread(self.triton.stop)
+            if len(self.deaths) >= self.MAX_RESTARTS:
+                self.deaths.append(f"t={at:.0f}s: {note}; not started again")
+                return
+            try:
+                server = self._server(repo, f"triton-restart-{len(self.deaths) + 1}")
+                await server.start_async()
+            except Exception as exc:  # no server to run the rest of the demo on: say why
+                self.deaths.append(f"t={at:.0f}s: {note}; starting it again failed: {exc}")
+                log.error("demo.server_restart_failed", error=str(exc))
+                return
+            self.triton = server
+            back = time.monotonic() - self._t0
+            self.deaths.append(f"t={at:.0f}s: {note}; started again at t={back:.0f}s")
+            log.warning("demo.server_restarted", t_s=round(back, 1), pid=server.pid)
+
+    async def _stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+
+    async def _stop_server(self) -> None:
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
 
     def set_rate(self, model: str, rps: float) -> None:
         self.loadgens[model].set_rate(rps)
@@ -200,7 +265,9 @@ class TritonEnv:
         return {m: d for m, d in found.items() if d}
 
     def server_death(self) -> str | None:
-        return self.triton.death_note(15) if self.triton is not None else None
+        # A death the supervisor handled was stopped: only one it has not seen yet reads here.
+        now = self.triton.death_note(15) if self.triton is not None else None
+        return " | ".join([*self.deaths, *([now] if now else [])]) or None
 
 
 class TorchServeEnv:

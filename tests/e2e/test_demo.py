@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,46 @@ def _no_leftovers(pid: int) -> None:
     leftovers = subprocess.run(["pgrep", "-f", "dnnscaler-demo-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{pid}_")] == []
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@pytest.mark.timeout(300)
+async def test_the_demo_starts_a_dead_triton_again_and_serves_on(tmp_path: Path) -> None:
+    """The demo's Triton killed mid-run (as Triton 2.51 can die under reloads: SIGILL,
+    SIGSEGV, docs/triton.md) is started again on its ports, and every model is served
+    again through the same agent and load generators; the death is reported."""
+    import asyncio
+    import io
+    import signal
+
+    from rich.console import Console
+
+    from dnnscaler.demo import TRITON_PLANS, TritonEnv, run_demo
+
+    async with TritonEnv(TRITON_PLANS, tmp_path) as env:
+        first_pid = env.triton.pid
+
+        async def kill_later() -> float:
+            await asyncio.sleep(6.0)
+            os.kill(first_pid, signal.SIGKILL)
+            return time.monotonic() - env._t0
+
+        killer = asyncio.create_task(kill_later())
+        console = Console(file=io.StringIO(), width=160)
+        result, _ = await run_demo(env, 8.0, console, "dnnscaler")
+        killed_at = await killer
+        log_tail = env.triton.log_tail(15) if env.triton is not None else ""
+        restarted = env.triton is not None and env.triton.pid != first_pid
+        running = env.triton is not None and env.triton.running()
+    assert result.server_death is not None and "started again" in result.server_death, (
+        result.server_death
+    )
+    assert len(env.deaths) == 1 and restarted and running, (env.deaths, log_tail)
+    # Served again after the restart: completed requests in the agent's windows of each
+    # model (samples are taken from t=0 of the demo's load, the kill's clock is the env's).
+    for p in TRITON_PLANS:
+        after = [
+            s.throughput_rps for s in result.samples if s.model == p.name and s.t_s > killed_at + 10
+        ]
+        assert after and max(after) > 0, (p.name, after, env.deaths, log_tail)
