@@ -188,11 +188,6 @@ FIXED = {
     # The 20:07 run (0.64 of the oracle's b8 n4): over the SLO at b16 n1 it went to b16 n2,
     # forecast 6 % over b8 n2 by a batch law with knots at 1 and 16 only; now b8 n2.
     "trace_resnet_small_b16n2.jsonl": (2, Knobs(8, 2, 0)),
-    # Tails under a quarter of the SLO let a planned move go one instance past the useful
-    # count (``ROOMY_TAIL``): fresh clone 86's run (0.78) explores b8 n3 from b8 n2 where
-    # it went to b16 n2; the 17:47 run (1.05, the oracle b8 n1 on a slow box) b4 n3.
-    "trace_resnet_small_planned_b16n2.jsonl": (8, Knobs(8, 3, 0)),
-    "trace_resnet_small.jsonl": (9, Knobs(4, 3, 0)),
 }
 
 

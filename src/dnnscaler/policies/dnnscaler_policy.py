@@ -56,7 +56,6 @@ OVERLOAD_TAIL = 2.0  # tail over this many SLOs means overloaded
 EXPLORE_INSTANCES = 1  # planned moves go at most this far past the largest count run
 BATCH_TIE = 0.1  # a violation move on cores takes half the batch for a forecast this close
 EXPLORE_BATCH = 2  # on a cores device, a move's batch at most this many x the largest run
-ROOMY_TAIL = 0.25  # a steady tail under this share of the SLO: one instance past the useful
 KNOWN_GOOD = 0.9  # a config whose floor is this share of the load is a safe retreat
 UNTRIED_GAIN = 0.15  # predicted gain a planned move to a config never run needs
 DRAIN_SHARE = 0.05  # a backlog shrinking by this share of the completions is draining
@@ -499,17 +498,6 @@ class DnnScalerPolicy:
             )
         credit = self._headroom(state, target, load, slo) if cores_device else 0.0
         useful = _useful(surface, target, n_fit)
-        here = next((r for r in state.records if _key(r) == _key(target)), None)
-        tail = same_load_tail(here, load, SAME_LOAD, SAME_LOAD_WINDOWS) if here else None
-        if tail is not None and tail < ROOMY_TAIL * slo:
-            # Far from the tail's bound at this load, the config runs far from its capacity,
-            # and the busy share (which counts the load generator's and the frontend's CPU)
-            # is no guide to what one more instance gives: explored, one measured step.
-            # 12-07: resnet_small's b8 n2 held p99 8-12 ms of a 95.6 ms SLO at 780 rps, the
-            # share said 2 useful instances, and b8 n2 read 0.68 of the oracle's b8 n4
-            # (fresh clone 87). wide_mlp's tails at the same 0.6 x the oracle's load sit at
-            # 0.36-0.8 of its SLO in every kept trace: its bound holds.
-            useful = min(n_fit, useful + 1)
         chosen = self._planned_move(
             [p for p in reachable if _key(p) not in left and p.instances <= useful],
             PlanEntry(target.max_batch_size, target.instances, cur_cap),
