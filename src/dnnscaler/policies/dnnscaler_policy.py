@@ -343,11 +343,16 @@ class DnnScalerPolicy:
         cores_device = w.device_busy_share is not None
         # On a cores device no move, planned or not, goes to a batch size far past those
         # run at its instance count (``_batch_reach``).
+        reach = (
+            {n: _batch_reach(state.records, n) for n in range(1, obs.limits.max_instances + 1)}
+            if cores_device
+            else {}
+        )
         reachable = [
             p
             for p in state.plan
             if not cores_device
-            or p.max_batch_size <= _batch_reach(state.records, p.instances)
+            or p.max_batch_size <= reach.get(p.instances, math.inf)
             or _key(p) == _key(target)
         ]
         if over:
@@ -380,9 +385,7 @@ class DnnScalerPolicy:
                 cur_raw = raw_caps.get(_key(target), 0.0)
                 if cores_device:
                     raw_caps = {
-                        k: c
-                        for k, c in raw_caps.items()
-                        if k[0] <= _batch_reach(state.records, k[1])
+                        k: c for k, c in raw_caps.items() if k[0] <= reach.get(k[1], math.inf)
                     } or raw_caps
                     # Overloaded, the config in force completes all it can: what it
                     # completed is its raw capacity, whatever the model says (12-07: at
