@@ -19,7 +19,7 @@ from dnnscaler.bench import metrics as m
 from dnnscaler.bench.config import BenchConfig
 from dnnscaler.bench.converge import Converged, converge
 from dnnscaler.bench.host_load import HostLoad, HostMeter, busy_phases
-from dnnscaler.bench.probes import apply_and_wait, unit_latency_ms
+from dnnscaler.bench.probes import apply_settled, unit_latency_ms
 from dnnscaler.bench.retries import ServerStalled, UpstreamDefectError
 from dnnscaler.bench.sweep import oracle_sweep, side_by_side
 from dnnscaler.bench.triton_adapter import TRITON, TritonServer, start_server
@@ -168,7 +168,7 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
     if run.errors:
         return Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host, slo, speed)
     # The policy decided at the speed the sweep saw: read it again at the start config.
-    await apply_and_wait(srv.setup, model, start)
+    await apply_settled(srv, model, start)
     speed["converged"] = await unit_latency_ms(TRITON, srv, model)
     early = Outcome(run, best.knobs, 0.0, best.capacity_rps, [], phases, host, slo, speed)
     if _noisy(early) is not None:
@@ -224,7 +224,7 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
         if ours < FLOOR * theirs:
             slowed = burst
             burst = None
-    await apply_and_wait(srv.setup, model, start)
+    await apply_settled(srv, model, start)
     lap("ladder")
     speed["end"] = await unit_latency_ms(TRITON, srv, model)
     return Outcome(run, best.knobs, ours, theirs, ladder, phases, host, slo, speed, slowed, burst)

@@ -20,10 +20,12 @@ from process_support import procs_with
 
 from dnnscaler.agents.backend import BackendUnavailable
 from dnnscaler.agents.backends.triton import TritonBackend
+from dnnscaler.bench.probes import apply_and_wait
+from dnnscaler.bench.triton_adapter import TritonServer
 from dnnscaler.core.types import Knobs
 from dnnscaler.triton.demo_models import write_repository
 from dnnscaler.triton.install import triton_installed
-from dnnscaler.triton.launcher import LocalTriton, TritonStartError, free_port
+from dnnscaler.triton.launcher import LocalTriton, TritonStartError, free_port, python_stub_count
 
 pytestmark = [
     pytest.mark.slow,
@@ -87,6 +89,28 @@ async def test_backend_unavailable_when_triton_is_down(repo: Path) -> None:
         await backend.close()
     assert not server.group_alive()
     assert server.shm_files() == []
+
+
+async def test_a_reload_is_settled_once_the_old_instances_have_exited(repo: Path) -> None:
+    # Triton answers a reload when the new instances are ready and stops the old ones
+    # afterwards, one every ~1.5 s: the harness waits for that before it measures.
+    async with LocalTriton(repo, ["echo"]) as triton:
+        assert triton.pid is not None
+        server = TritonServer(
+            triton.grpc_url, triton.metrics_url, TritonBackend(triton.grpc_url), triton
+        )
+        await server.setup.start()
+        try:
+            for knobs in (Knobs(4, 3, 0), Knobs(8, 1, 0)):
+                await apply_and_wait(server.setup, "echo", knobs)
+                waited = await server.wait_settled("echo", knobs)
+                count = python_stub_count(triton.pid, "echo")
+                assert count == knobs.instances, (
+                    f"{knobs}: {count} stub processes after waiting {waited:.1f} s;"
+                    f" log tail: {triton.log_tail(5)}"
+                )
+        finally:
+            await server.setup.close()
 
 
 async def test_backend_start_without_server() -> None:

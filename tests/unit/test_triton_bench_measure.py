@@ -27,6 +27,9 @@ class FakeHandle:
     def death_note(self) -> str | None:
         return None
 
+    async def wait_settled(self, model: str, knobs: Knobs) -> float:
+        return 0.0
+
 
 class FakeAdapter:
     """What the sweep uses of a ``ServerAdapter`` once the probes are faked."""
@@ -54,7 +57,7 @@ class FakeServer:
         return self.caps[(self.knobs.max_batch_size, self.knobs.instances)]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        async def apply_and_wait(backend: Any, model: str, knobs: Knobs) -> None:
+        async def apply_settled(server: Any, model: str, knobs: Knobs) -> None:
             self.knobs = knobs
             self.applies += 1
 
@@ -73,7 +76,7 @@ class FakeServer:
             return (40.0 if rate <= self.cap() else 80.0), 0, int(rate)
 
         # Where the sweep and the ladder look them up.
-        monkeypatch.setattr(sweep, "apply_and_wait", apply_and_wait)
+        monkeypatch.setattr(sweep, "apply_settled", apply_settled)
         monkeypatch.setattr(sweep, "model_info", info)
         monkeypatch.setattr(sweep, "closed_loop_throughput", closed)
         monkeypatch.setattr(sweep, "open_loop_probe", probe)

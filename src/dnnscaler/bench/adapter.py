@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar, Unpack
 
 if TYPE_CHECKING:
     from dnnscaler.agents.backend import Backend
+    from dnnscaler.core.types import Knobs
     from dnnscaler.loadgen.generator import LoadGen
 
 
@@ -38,6 +39,11 @@ class ServerHandle(Protocol):
 
     def death_note(self) -> str | None:
         """A line on the server's death (exit code, log tail), or None while it runs."""
+        ...
+
+    async def wait_settled(self, model: str, knobs: Knobs) -> float:
+        """Wait until a reload of ``model`` to ``knobs`` has finished on the server (its old
+        instances gone), not only until the new config answers; seconds waited."""
         ...
 
 

@@ -14,7 +14,7 @@ from dnnscaler.agents.agent import Agent
 from dnnscaler.agents.config import AgentConfig
 from dnnscaler.bench.adapter import H, ServerAdapter
 from dnnscaler.bench.host_load import HostLoad, HostMeter
-from dnnscaler.bench.probes import apply_and_wait, model_info
+from dnnscaler.bench.probes import apply_settled, model_info
 from dnnscaler.bench.retries import STALL_WINDOWS, ServerStalled
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
@@ -95,7 +95,7 @@ async def converge(
     policy decides nothing meanwhile (12-07: ``resnet_small``'s b32 n2, in force at t=28 of
     a move at t=16, was judged after three decisions, the first "measuring").
     Raises ``ServerStalled`` as soon as the server completes nothing for ``STALL_WINDOWS``."""
-    await apply_and_wait(server.setup, model, start_knobs)
+    await apply_settled(server, model, start_knobs)
     controller = Controller(
         ControllerConfig(
             listen="127.0.0.1:0",

@@ -12,10 +12,13 @@ import math
 import time
 
 from dnnscaler.agents.backend import Backend, ModelInfo
-from dnnscaler.bench.adapter import H, ServerAdapter
+from dnnscaler.bench.adapter import H, ServerAdapter, ServerHandle
 from dnnscaler.bench.config import BenchConfig
 from dnnscaler.bench.retries import UpstreamDefectError
+from dnnscaler.core.logging import get_logger
 from dnnscaler.core.types import Knobs, Slo
+
+log = get_logger(__name__)
 
 PROBE_IN_FLIGHT = 128
 
@@ -32,6 +35,16 @@ async def apply_and_wait(
             return
         await asyncio.sleep(0.25)
     raise TimeoutError(f"{model}: knobs {knobs} not in force after {timeout_s:.0f}s")
+
+
+async def apply_settled(server: ServerHandle, model: str, knobs: Knobs) -> None:
+    """``apply_and_wait`` on the server's setup backend, then wait until the reload has
+    finished on the server (``ServerHandle.wait_settled``): what a client measures next is
+    the new config, not the old one's teardown."""
+    await apply_and_wait(server.setup, model, knobs)
+    waited = await server.wait_settled(model, knobs)
+    if waited >= 0.05:
+        log.info("bench.reload_settled", model=model, knobs=str(knobs), waited_s=round(waited, 1))
 
 
 async def model_info(backend: Backend, model: str) -> ModelInfo:

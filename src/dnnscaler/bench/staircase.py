@@ -20,7 +20,7 @@ from dnnscaler.bench import metrics as m
 from dnnscaler.bench.adapter import H, ServerAdapter
 from dnnscaler.bench.config import BenchConfig
 from dnnscaler.bench.online import WindowRecord
-from dnnscaler.bench.probes import PROBE_IN_FLIGHT, apply_and_wait, probe_in_flight
+from dnnscaler.bench.probes import PROBE_IN_FLIGHT, apply_settled, probe_in_flight
 from dnnscaler.controller.config import ControllerConfig
 from dnnscaler.controller.server import Controller
 from dnnscaler.core.types import Knobs, Slo
@@ -59,7 +59,7 @@ async def run_staircase(
     progress: Callable[[str], None] = lambda s: None,
 ) -> OnlineRun:
     """One policy on the staircase, with the real controller and agent over loopback."""
-    await apply_and_wait(server.setup, model, start_knobs)
+    await apply_settled(server, model, start_knobs)
     ctl_policy = "static" if static_knobs is not None else policy
     controller = Controller(
         ControllerConfig(

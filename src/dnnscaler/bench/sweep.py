@@ -15,7 +15,7 @@ from dnnscaler.agents.backend import ModelInfo
 from dnnscaler.bench.adapter import H, ServerAdapter
 from dnnscaler.bench.config import BenchConfig
 from dnnscaler.bench.probes import (
-    apply_and_wait,
+    apply_settled,
     closed_loop_throughput,
     model_info,
     open_loop_probe,
@@ -59,7 +59,7 @@ async def measure_capacity(
     The bisection never probes above 1.05 x the closed-loop throughput, so a config whose
     bound is at most ``beat_rps`` cannot exceed it: it is returned ``pruned``, unprobed.
     """
-    await apply_and_wait(server.setup, model, knobs)
+    await apply_settled(server, model, knobs)
     conc = max(2, 2 * knobs.instances * knobs.max_batch_size)
     ceiling = await closed_loop_throughput(adapter, server, model, conc, 2.0)
     out = ConfigCapacity(knobs, 0.0)
@@ -155,7 +155,7 @@ async def side_by_side(
     async def probe(key: str, knobs: Knobs, rate: float, seed: int, **mark: bool) -> bool:
         nonlocal in_force
         if knobs != in_force:
-            await apply_and_wait(server.setup, model, knobs)
+            await apply_settled(server, model, knobs)
             in_force = knobs
         lat, errors, _ = await open_loop_probe(adapter, server, model, rate, slo, cfg, seed)
         ok = lat is not None and lat <= slo.latency_ms and errors == 0

@@ -24,6 +24,7 @@ from dnnscaler.core.logging import get_logger
 
 if TYPE_CHECKING:
     from dnnscaler.agents.backend import Backend
+    from dnnscaler.core.types import Knobs
     from dnnscaler.loadgen.generator import LoadGen
     from dnnscaler.torchserve.launcher import LocalTorchServe
 
@@ -41,6 +42,12 @@ class TorchServeServer:
     def death_note(self) -> str | None:
         """A line on the server's death (log tail), or None while it runs."""
         return self.server.death_note()
+
+    async def wait_settled(self, model: str, knobs: Knobs) -> float:
+        """Nothing to wait for: the backend applies fewer workers by a new version and
+        unregisters the old one synchronously (``_unregister``) before it answers; more
+        workers are added to the version in force. (Not measured on TorchServe, #17.)"""
+        return 0.0
 
 
 def backend_for(server: LocalTorchServe, store: Path, *, access_log: bool = True) -> Backend:
