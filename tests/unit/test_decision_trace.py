@@ -188,6 +188,10 @@ FIXED = {
     # The 20:07 run (0.64 of the oracle's b8 n4): over the SLO at b16 n1 it went to b16 n2,
     # forecast 6 % over b8 n2 by a batch law with knots at 1 and 16 only; now b8 n2.
     "trace_resnet_small_b16n2.jsonl": (2, Knobs(8, 2, 0)),
+    # Fresh clone 91 (0.00 of the oracle's b8 n2): b16 n1 -> b8 n2, then back to b16 n1 by
+    # the frugal end of the exploration, the plan flat; b16 n1's tail at that load had been
+    # 2-4 x b8 n2's, and it failed the ladder's first rung. Now held (``_worse_at_load``).
+    "trace_resnet_small_frugal_b16n1.jsonl": (11, Knobs(8, 2, 0)),
 }
 
 

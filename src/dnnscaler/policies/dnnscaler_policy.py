@@ -65,6 +65,7 @@ BROKEN_AT = 1.05  # a ceiling under this many times the load: measured to break 
 STALL_SHARE = 0.5  # a window serving under this share of the next one's rate was a stall
 SAME_LOAD = 0.1  # tails measured at loads this close (a share) are compared as like for like
 SAME_LOAD_WINDOWS = 3  # ... each config's median over at least this many steady windows
+WORSE_LEAST = 2  # ... a config left, measured worse at this load, over at least this many
 WORSE_TAIL = 1.25  # an exploration whose median tail is this many times the one left's
 BEATEN_TAIL_SHARE = 0.3  # ... and at least this share of the SLO goes back (see below)
 HEADROOM_ROOT = 3.0  # the config in force is credited load x (bound / tail) ** (1 / this) ...
@@ -508,6 +509,7 @@ class DnnScalerPolicy:
             exploring=state.exploring,
             cores_device=cores_device,
             headroom=credit,
+            worse_here=_worse_at_load(state.records, target, load, slo),
         )
         if chosen is not None:
             recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
@@ -538,6 +540,7 @@ class DnnScalerPolicy:
         exploring: bool,
         cores_device: bool,
         headroom: float = 0.0,
+        worse_here: frozenset[tuple[int, int]] = frozenset(),
     ) -> PlanEntry | None:
         """The planned move from ``here`` (the config in force and its predicted capacity)
         among ``candidates``, or None to hold.
@@ -552,7 +555,8 @@ class DnnScalerPolicy:
         there (12-06 CI run 21: b4 n3, explored from b4 n2, at 616 rps against b8 n2 at
         608 held b4 n3, which carried 0.68 x b8 n2 on the ladder). Not on GPUs: on ``bench
         sim`` (seed 0) the same rule raised the violation rate 7.7 % -> 8.3 % and the knob
-        changes, for no capacity.
+        changes, for no capacity. Never to a config in ``worse_here``: measured at this load
+        with a tail ``WORSE_TAIL`` times the one in force (``_worse_at_load``).
         """
         cur_cap = here.capacity_rps
         best = max(candidates, key=lambda p: p.capacity_rps, default=here)
@@ -561,7 +565,9 @@ class DnnScalerPolicy:
         if best.capacity_rps >= (cur_cap if tried else max(cur_cap, headroom)) * (1.0 + gain):
             return best if _key(best) != _key(here) else None
         if exploring and cores_device:
-            frugal = _frugal(candidates, best, self.min_gain)
+            frugal = _frugal(
+                [p for p in candidates if _key(p) not in worse_here], best, self.min_gain
+            )
             if (
                 frugal.instances < here.instances
                 and frugal.capacity_rps >= (1.0 - self.min_gain) * cur_cap
@@ -914,6 +920,43 @@ def _batch_reach(records: tuple[ConfigRecord, ...], instances: int) -> float:
     below = [n for n in by_count if n <= instances]
     n = max(below) if below else min(by_count)
     return EXPLORE_BATCH * by_count[n]
+
+
+def _worse_at_load(
+    records: tuple[ConfigRecord, ...], target: Knobs, load: float, slo_ms: float
+) -> frozenset[tuple[int, int]]:
+    """The configs run at about this load (``SAME_LOAD``) whose median tail there, over
+    ``WORSE_LEAST`` windows or more, was ``WORSE_TAIL`` times the config in force's (over
+    ``SAME_LOAD_WINDOWS``) and at least ``BEATEN_TAIL_SHARE`` of the SLO: measured worse,
+    like for like. (Two windows suffice for the config left: a move leaves it after its
+    first steady windows.)
+
+    The frugal end of an exploration (``_planned_move``) goes back to fewer instances when
+    the plan cannot tell them apart, and on a CPU the plan is often flat, every config
+    capped by one roofline. Fresh clone 91 (12-08): ``resnet_small`` at ~1,000 rps went
+    b16 n1 (p99 36-80 ms of 101.2) -> b8 n2 (10.9-23.7 ms), then back to b16 n1 with the
+    plan flat at 1,108 rps over n = 2 and 3 and b16 n1 at 1,022; b16 n1 then failed the
+    ladder's first rung, 1,236 rps, where b8 n2, the oracle's config, passed 1,826.
+    """
+    recs = {_key(r): r for r in records}
+    here = recs.get(_key(target))
+    if here is None:
+        return frozenset()
+    here_tail = same_load_tail(here, load, SAME_LOAD, SAME_LOAD_WINDOWS)
+    if here_tail is None:
+        return frozenset()
+    out = set()
+    for key, rec in recs.items():
+        if key == _key(target):
+            continue
+        tail = same_load_tail(rec, load, SAME_LOAD, WORSE_LEAST)
+        if (
+            tail is not None
+            and tail > WORSE_TAIL * here_tail
+            and tail >= BEATEN_TAIL_SHARE * slo_ms
+        ):
+            out.add(key)
+    return frozenset(out)
 
 
 def _half_batch(entries: list[PlanEntry], best: PlanEntry, tie: float) -> PlanEntry:
