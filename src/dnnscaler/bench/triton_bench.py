@@ -18,7 +18,6 @@ from dnnscaler.bench.harness import BenchResult, oracle_rows, parse_grid, quick_
 from dnnscaler.bench.probes import (
     PROBE_IN_FLIGHT,
     apply_and_wait,
-    apply_settled,
     probe_in_flight,
     unit_latency_ms,
 )
@@ -60,7 +59,6 @@ __all__ = [
     "UpstreamDefectError",
     "add_triton_parser",
     "apply_and_wait",
-    "apply_settled",
     "cmd_triton",
     "config_from_args",
     "converge",

@@ -509,7 +509,11 @@ class DnnScalerPolicy:
             exploring=state.exploring,
             cores_device=cores_device,
             headroom=credit,
-            worse_here=_worse_at_load(state.records, target, load, slo),
+            worse_here=(
+                _worse_at_load(state.records, target, load, slo)
+                if state.exploring and cores_device
+                else frozenset()
+            ),
         )
         if chosen is not None:
             recent = tuple(x for x in state.left if obs.now_s - x[2] < self._memory(obs))
