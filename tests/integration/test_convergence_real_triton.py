@@ -82,6 +82,7 @@ FLOOR = 0.7
 # b8 n2 and b8 n4 on a quiet host read 0.93); at 5 % two rungs are 0.91.
 LADDER_STEP = 0.05
 LADDER_START = 0.75  # the ladder's first rung, a share of the oracle's swept capacity
+COPY_SUFFIX = "_oracle"  # the name of the copy that serves the oracle's config on the ladder
 # The converge phase: 30 windows, then on until the knobs were held SETTLE_WINDOWS (the
 # policy's dwell is 2-4 windows; a config over the SLO shows in 1-2), at most MAX_WINDOWS.
 SETTLE_WINDOWS = 6
@@ -189,6 +190,12 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
     # b8 n4 swept at 605 rps, then failed 454 rps): the attempt is not judged (``_noisy``),
     # so no second ladder from lower down is run (it was, until 12-07, and only its time
     # counted).
+    # The oracle's config runs on a copy of the model loaded beside it, so that no probe
+    # follows a reload: the ladder's reloads and their teardowns took over half its time
+    # (12-08, fresh clone 95: `serial_io`, 184 s), and a probe right after a reload read
+    # the teardown (docs/triton.md). The copy idles while ours is probed.
+    copy = f"{model}{COPY_SUFFIX}"
+    await srv.load_copy(model, copy, best.knobs)
     start_rps = LADDER_START * best.capacity_rps
     ours, theirs, ladder = await side_by_side(
         TRITON,
@@ -201,6 +208,7 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
         step_frac=LADDER_STEP,
         max_rps=1.6 * best.capacity_rps,
         verdict_ratio=FLOOR,
+        model_b=copy,
     )
     slowed = None
     if theirs <= 0:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ from process_support import procs_with
 
 from dnnscaler.agents.backend import BackendUnavailable
 from dnnscaler.agents.backends.triton import TritonBackend
-from dnnscaler.bench.probes import apply_and_wait
-from dnnscaler.bench.triton_adapter import TritonServer
-from dnnscaler.core.types import Knobs
+from dnnscaler.bench.config import BenchConfig
+from dnnscaler.bench.probes import apply_and_wait, open_loop_probe
+from dnnscaler.bench.triton_adapter import TRITON, TritonServer
+from dnnscaler.core.types import Knobs, Slo
 from dnnscaler.triton.demo_models import write_repository
 from dnnscaler.triton.install import triton_installed
 from dnnscaler.triton.launcher import LocalTriton, TritonStartError, free_port, python_stub_count
@@ -32,6 +34,7 @@ pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton not installed"),
 ]
+PROBE = replace(BenchConfig(), probe_s=1.0, warm_s=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,33 @@ async def test_a_reload_is_settled_once_the_old_instances_have_exited(repo: Path
                     f"{knobs}: {count} stub processes after waiting {waited:.1f} s;"
                     f" log tail: {triton.log_tail(5)}"
                 )
+        finally:
+            await server.setup.close()
+
+
+async def test_a_copy_serves_its_own_knobs_beside_the_model(tmp_path: Path) -> None:
+    # The convergence test's ladder probes the oracle's config on a copy loaded beside the
+    # model, so that neither is reloaded between probes.
+    write_repository(tmp_path / "repo", ["echo"])
+    async with LocalTriton(tmp_path / "repo", ["echo"], workdir=tmp_path / "w") as triton:
+        assert triton.pid is not None
+        server = TritonServer(
+            triton.grpc_url, triton.metrics_url, TritonBackend(triton.grpc_url), triton
+        )
+        await server.setup.start()
+        try:
+            await server.load_copy("echo", "echo_copy", Knobs(4, 2, 0))
+            listed = {m.name: m.knobs for m in await server.setup.list_models()}
+            assert listed == {"echo": Knobs(32, 1, 0), "echo_copy": Knobs(4, 2, 0)}, (
+                f"log tail: {triton.log_tail(5)}"
+            )
+            assert python_stub_count(triton.pid, "echo_copy") == 2
+            assert python_stub_count(triton.pid, "echo") == 1
+            for name in listed:  # both answer
+                lat, errors, done = await open_loop_probe(
+                    TRITON, server, name, 50.0, Slo(latency_ms=500.0), PROBE, 0
+                )
+                assert errors == 0 and done > 0 and lat is not None, f"{name}: {errors} errors"
         finally:
             await server.setup.close()
 

@@ -49,31 +49,36 @@ class FakeServer:
 
     def __init__(self, caps: dict[tuple[int, int], float]) -> None:
         self.caps = caps
-        self.knobs = Knobs(1, 1, 0)
+        self.knobs: dict[str, Knobs] = {}  # per model name (a copy has its own)
         self.probes: list[tuple[Knobs, float]] = []
+        self.probed: list[str] = []  # the model name of each probe
         self.applies = 0
 
-    def cap(self) -> float:
-        return self.caps[(self.knobs.max_batch_size, self.knobs.instances)]
+    def cap(self, model: str = "m") -> float:
+        k = self.knobs.get(model, Knobs(1, 1, 0))
+        return self.caps[(k.max_batch_size, k.instances)]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         async def apply_settled(server: Any, model: str, knobs: Knobs) -> None:
-            self.knobs = knobs
-            self.applies += 1
+            if self.knobs.get(model) != knobs:
+                self.applies += 1
+            self.knobs[model] = knobs
 
         async def info(backend: Any, model: str) -> ModelInfo:
-            return ModelInfo(model, self.knobs, KnobLimits(max_batch_size=8, max_instances=4))
+            k = self.knobs.get(model, Knobs(1, 1, 0))
+            return ModelInfo(model, k, KnobLimits(max_batch_size=8, max_instances=4))
 
         async def closed(
             adapter: Any, server: Any, model: str, concurrency: int, seconds: float
         ) -> float:
-            return 1.2 * self.cap()
+            return 1.2 * self.cap(model)
 
         async def probe(
             adapter: Any, server: Any, model: str, rate: float, slo: Slo, cfg: Any, seed: int
         ) -> tuple[float | None, int, int]:
-            self.probes.append((self.knobs, rate))
-            return (40.0 if rate <= self.cap() else 80.0), 0, int(rate)
+            self.probes.append((self.knobs[model], rate))
+            self.probed.append(model)
+            return (40.0 if rate <= self.cap(model) else 80.0), 0, int(rate)
 
         # Where the sweep and the ladder look them up.
         monkeypatch.setattr(sweep, "apply_settled", apply_settled)
@@ -177,6 +182,29 @@ async def test_each_rung_probes_both_configs_at_its_rate(monkeypatch: pytest.Mon
     rates = sorted({r for _, r in server.probes})
     for r in rates:
         assert sorted(k.max_batch_size for k, x in server.probes if x == r) == [4, 8]
+
+
+async def test_a_ladder_on_a_copy_probes_each_config_on_its_own_model_without_reloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = Knobs(4, 2, 0), Knobs(8, 2, 0)
+    caps = {(4, 2): 260.0, (8, 2): 280.0}
+    one, two = FakeServer(caps), FakeServer(caps)
+    one.install(monkeypatch)
+    reloading = await sweep.side_by_side(ADAPTER, SERVER, "m", a, b, SLO, start_rps=100.0)
+    two.install(monkeypatch)
+    two.knobs["m-b"] = b  # loaded at b's knobs by the caller (``load_copy``)
+    copied = await sweep.side_by_side(
+        ADAPTER, SERVER, "m", a, b, SLO, start_rps=100.0, model_b="m-b"
+    )
+    # The same ladder, the same capacities: only where b runs differs.
+    assert copied == reloading
+    assert two.probes == one.probes
+    assert {m for (k, _), m in zip(two.probes, two.probed, strict=True) if k == b} == {"m-b"}
+    assert {m for (k, _), m in zip(two.probes, two.probed, strict=True) if k == a} == {"m"}
+    # One apply of ``a`` before the first rung (the copy is already at b), against one
+    # every other probe when both share one model.
+    assert two.applies == 1 < one.applies
 
 
 @pytest.mark.parametrize(("rate_rps", "slo_ms"), [(2114.0, 78.6), (2600.0, 80.0), (900.0, 50.0)])

@@ -132,6 +132,7 @@ async def side_by_side(
     max_steps: int = 16,
     max_rps: float | None = None,
     verdict_ratio: float | None = None,
+    model_b: str | None = None,
 ) -> tuple[float, float, list[dict[str, Any]]]:
     """Capacities of configs ``a`` and ``b`` measured alternately on one rising rate ladder,
     so both see the same rates and the same background noise (in the order a b, b a, a b,
@@ -143,21 +144,29 @@ async def side_by_side(
     above ``a``'s capacity cannot decide that by climbing (12-06 CI run 17: b4 n2 failed
     the first two rungs, 0.95 and 1.0 x b8 n4's 1,501 rps, and read 0, though 0.7 x was
     never probed): then ``a`` and ``b`` are probed once more at ``verdict_ratio * b``
-    (rows marked ``"floor": True``), and ``a``'s capacity is that rate if it passes."""
+    (rows marked ``"floor": True``), and ``a``'s capacity is that rate if it passes.
+
+    With ``model_b``, a copy of ``model`` loaded beside it (``TritonServer.load_copy``),
+    ``b`` is probed on that copy: each config is applied once, before the first rung, and
+    no probe follows a reload."""
     cfg = replace(BenchConfig(), probe_s=probe_s, warm_s=1.0)
     caps = {"a": 0.0, "b": 0.0}
     fails = {"a": 0, "b": 0}
     # The rate of a's first failure since its last pass: its capacity lies below it.
     a_failed_at: float | None = None
     log_rows: list[dict[str, Any]] = []
-    in_force: Knobs | None = None
+    names = {"a": model, "b": model_b or model}
+    in_force: dict[str, Knobs] = {}  # per model name
+    last = "a"  # the config probed last: the next rung starts with it
 
     async def probe(key: str, knobs: Knobs, rate: float, seed: int, **mark: bool) -> bool:
-        nonlocal in_force
-        if knobs != in_force:
-            await apply_settled(server, model, knobs)
-            in_force = knobs
-        lat, errors, _ = await open_loop_probe(adapter, server, model, rate, slo, cfg, seed)
+        nonlocal last
+        name = names[key]
+        if in_force.get(name) != knobs:
+            await apply_settled(server, name, knobs)
+            in_force[name] = knobs
+        last = key
+        lat, errors, _ = await open_loop_probe(adapter, server, name, rate, slo, cfg, seed)
         ok = lat is not None and lat <= slo.latency_ms and errors == 0
         row = {"config": key, "rate_rps": round(rate, 1), "latency_ms": lat, "errors": errors}
         log_rows.append({**row, "ok": ok, **mark})
@@ -204,7 +213,7 @@ async def side_by_side(
             and a_failed_at > floor
         ):
             # Undecided: a's capacity lies in [caps a, a_failed_at), across the bar.
-            for key, knobs in (("b", b), ("a", a)) if in_force == b else (("a", a), ("b", b)):
+            for key, knobs in (("b", b), ("a", a)) if last == "b" else (("a", a), ("b", b)):
                 if await probe(key, knobs, floor, max_steps, floor=True) and key == "a":
                     caps["a"] = floor
     return caps["a"], caps["b"], log_rows
