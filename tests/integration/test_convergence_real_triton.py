@@ -82,7 +82,6 @@ FLOOR = 0.7
 # b8 n2 and b8 n4 on a quiet host read 0.93); at 5 % two rungs are 0.91.
 LADDER_STEP = 0.05
 LADDER_START = 0.75  # the ladder's first rung, a share of the oracle's swept capacity
-COPY_SUFFIX = "_oracle"  # the name of the copy that serves the oracle's config on the ladder
 # The converge phase: 30 windows, then on until the knobs were held SETTLE_WINDOWS (the
 # policy's dwell is 2-4 windows; a config over the SLO shows in 1-2), at most MAX_WINDOWS.
 SETTLE_WINDOWS = 6
@@ -147,7 +146,13 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
         return phases
 
     # Pruned: configs that cannot beat the best so far are not bisected (the same pick).
-    sweep = await oracle_sweep(TRITON, srv, model, slo, CFG, prune=True)
+    # Each config on a copy of the model loaded for it, so that none is measured right
+    # after a reload: the reloads and their teardowns were about half the sweep's time.
+    # The copies go before the controller starts (its agent would steer them too).
+    sweep = await oracle_sweep(
+        TRITON, srv, model, slo, CFG, prune=True, place=lambda k: srv.copy_for(model, k)
+    )
+    await srv.unload_copies()
     best = max(sweep, key=lambda c: c.capacity_rps)
     assert best.capacity_rps > 0
     lap("sweep")
@@ -194,8 +199,7 @@ async def _measure(srv: TritonServer, model: str) -> Outcome:
     # follows a reload: the ladder's reloads and their teardowns took over half its time
     # (12-08, fresh clone 95: `serial_io`, 184 s), and a probe right after a reload read
     # the teardown (docs/triton.md). The copy idles while ours is probed.
-    copy = f"{model}{COPY_SUFFIX}"
-    await srv.load_copy(model, copy, best.knobs)
+    copy = await srv.copy_for(model, best.knobs)
     start_rps = LADDER_START * best.capacity_rps
     ours, theirs, ladder = await side_by_side(
         TRITON,

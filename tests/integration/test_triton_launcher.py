@@ -117,8 +117,8 @@ async def test_a_reload_is_settled_once_the_old_instances_have_exited(repo: Path
 
 
 async def test_a_copy_serves_its_own_knobs_beside_the_model(tmp_path: Path) -> None:
-    # The convergence test's ladder probes the oracle's config on a copy loaded beside the
-    # model, so that neither is reloaded between probes.
+    # The convergence test measures its sweep's configs and the ladder's oracle config on
+    # copies loaded beside the model, so that no probe follows a reload.
     write_repository(tmp_path / "repo", ["echo"])
     async with LocalTriton(tmp_path / "repo", ["echo"], workdir=tmp_path / "w") as triton:
         assert triton.pid is not None
@@ -139,6 +139,17 @@ async def test_a_copy_serves_its_own_knobs_beside_the_model(tmp_path: Path) -> N
                     TRITON, server, name, 50.0, Slo(latency_ms=500.0), PROBE, 0
                 )
                 assert errors == 0 and done > 0 and lat is not None, f"{name}: {errors} errors"
+            # Unloaded, its processes gone, before an agent that would steer it starts.
+            await server.unload_copies()
+            assert python_stub_count(triton.pid, "echo_copy") == 0
+            listed = {m.name: m.available for m in await server.setup.list_models()}
+            assert listed == {"echo": True, "echo_copy": False}
+            fresh = TritonBackend(triton.grpc_url)
+            await fresh.start()
+            try:
+                assert [m.name for m in await fresh.list_models()] == ["echo"]
+            finally:
+                await fresh.close()
         finally:
             await server.setup.close()
 

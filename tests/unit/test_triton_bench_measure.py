@@ -113,6 +113,28 @@ async def test_a_pruned_sweep_picks_the_same_config_with_fewer_probes(
     assert len(pruned.probes) < len(full.probes) / 2
 
 
+async def test_a_sweep_with_place_measures_each_config_on_its_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reloading, placed = FakeServer(CAPS), FakeServer(CAPS)
+    reloading.install(monkeypatch)
+    every = await sweep.oracle_sweep(ADAPTER, SERVER, "m", SLO, CFG, prune=True)
+    placed.install(monkeypatch)
+
+    async def place(k: Knobs) -> str:
+        name = f"m-{k.max_batch_size}-{k.instances}"
+        placed.knobs[name] = k  # loaded at its knobs (``TritonServer.copy_for``)
+        return name
+
+    copies = await sweep.oracle_sweep(ADAPTER, SERVER, "m", SLO, CFG, prune=True, place=place)
+    assert [(c.knobs, c.capacity_rps) for c in copies] == [(c.knobs, c.capacity_rps) for c in every]
+    assert "m" not in placed.knobs and placed.applies == 0  # the model itself untouched
+    assert all(
+        m == f"m-{k.max_batch_size}-{k.instances}"
+        for (k, _), m in zip(placed.probes, placed.probed, strict=True)
+    )
+
+
 async def test_a_config_whose_bound_could_beat_the_best_is_still_measured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

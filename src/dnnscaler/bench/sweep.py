@@ -7,7 +7,7 @@ These are the oracle's figures that the online policies are judged against.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,6 +93,11 @@ def grid(cfg: BenchConfig, info: ModelInfo) -> list[Knobs]:
     return [Knobs(b, n, 0) for b in bs for n in ns]
 
 
+# Makes a config available to measure and names the model that serves it: a copy of the
+# model loaded at those knobs (``TritonServer.copy_for``), instead of a reload of the model.
+Place = Callable[[Knobs], Awaitable[str]]
+
+
 async def oracle_sweep(
     adapter: ServerAdapter[H],
     server: H,
@@ -101,11 +106,13 @@ async def oracle_sweep(
     cfg: BenchConfig,
     progress: Callable[[str], None] = lambda s: None,
     prune: bool = False,
+    place: Place | None = None,
 ) -> list[ConfigCapacity]:
     """Every grid config's capacity. With ``prune``, only the best one is sure to be
     measured: configs go from the most parallel (batch x instances) down and one whose
     throughput bound is under the best capacity so far is not bisected (same argmax, about
-    half the probes when the best comes early)."""
+    half the probes when the best comes early). With ``place``, each config is measured on
+    the model ``place`` names for it, and ``model`` is not reloaded."""
     info = await model_info(server.setup, model)
     out: list[ConfigCapacity] = []
     configs = grid(cfg, info)
@@ -115,7 +122,8 @@ async def oracle_sweep(
         for k in configs:
             progress(f"{model}: oracle b{k.max_batch_size} n{k.instances}")
             best = max((c.capacity_rps for c in out), default=0.0) if prune else 0.0
-            out.append(await measure_capacity(adapter, server, model, k, slo, cfg, best))
+            name = model if place is None else await place(k)
+            out.append(await measure_capacity(adapter, server, name, k, slo, cfg, best))
     return out
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
 
@@ -40,6 +40,7 @@ class TritonServer:
     metrics_url: str | None
     setup: Backend  # a started TritonBackend on this server, for applying knobs
     triton: LocalTriton | None = None  # the server process, to tell whether it died
+    copies: list[str] = field(default_factory=list)  # loaded by ``load_copy``, by name
 
     def death_note(self) -> str | None:
         """A line on the server's death (exit code, log tail), or None while it runs."""
@@ -80,7 +81,42 @@ class TritonServer:
             await client.load_model(name, client_timeout=LOAD_TIMEOUT_S)
         finally:
             await client.close()
+        if name not in self.copies:
+            self.copies.append(name)
         await apply_settled(self, name, knobs)  # a no-op apply: the knobs read back
+
+    async def copy_for(self, model: str, knobs: Knobs) -> str:
+        """A copy of ``model`` at ``knobs``, loaded beside it (``load_copy``), by its name:
+        a sweep's ``place``, so that no config is measured right after a reload."""
+        name = f"{model}_b{knobs.max_batch_size}n{knobs.instances}q{knobs.queue_delay_us}"
+        await self.load_copy(model, name, knobs)
+        return name
+
+    async def unload_copies(self, timeout_s: float = SETTLE_S) -> float:
+        """Unload every copy and wait until their instances' processes have exited (seconds
+        waited for them): what is measured next runs beside no copy's teardown, and an
+        agent started next sees no copy to steer."""
+        import tritonclient.grpc.aio as grpcclient
+
+        if not self.copies:
+            return 0.0
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            for name in self.copies:
+                await client.unload_model(name, client_timeout=LOAD_TIMEOUT_S)
+        finally:
+            await client.close()
+        start = time.monotonic()
+        while self.triton is not None and any(
+            self.triton.old_instances_running(name, 0) for name in self.copies
+        ):
+            if time.monotonic() - start >= timeout_s:
+                log.warning("bench.copies_linger", copies=self.copies, waited_s=round(timeout_s))
+                break
+            await asyncio.sleep(0.1)
+        self.copies.clear()
+        await self.setup.list_models()  # the setup backend forgets them
+        return time.monotonic() - start
 
 
 @contextlib.asynccontextmanager
