@@ -22,7 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dnnscaler demo $(DEMO_ARGS)
 
-# The suite in three pytest runs, two side by side (scripts/test_suite.sh says how and
+# The suite in four pytest runs, three side by side (scripts/test_suite.sh says how and
 # why); `pytest` alone runs the whole suite in one process, in order.
 test: $(STAMP)
 	$(MAKE) --no-print-directory protos-check lint typecheck

@@ -48,7 +48,11 @@ def test_demo_sim(tmp_path: Path) -> None:
 @pytest.mark.triton
 @pytest.mark.timeout(600)
 def test_demo_real_triton(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The demo's folders under a TMPDIR of the test's own, so that what is left of it is
+    # told from another test's servers (the TorchServe demo runs beside this one).
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmpdir)}
     for attempt in (1, 2):
         out_dir = tmp_path / f"attempt{attempt}"
         cmd = [sys.executable, "-m", "dnnscaler.cli", "demo", "--out", str(out_dir)]
@@ -60,7 +64,7 @@ def test_demo_real_triton(tmp_path: Path, record_property: Callable[[str, object
             env=env,
         ) as p:
             out, err = p.communicate(timeout=280)
-        _no_leftovers(p.pid)
+        _no_leftovers(p.pid, tmpdir)
         summary = out_dir / "summary.json"
         doc = json.loads(summary.read_text()) if summary.exists() else {}
         failing = set(doc.get("failed_request_log") or {})
@@ -82,11 +86,21 @@ def test_demo_real_triton(tmp_path: Path, record_property: Callable[[str, object
     assert sum(m["knob_changes"] for m in doc["models"]) >= 1
 
 
-def _no_leftovers(pid: int) -> None:
-    """No Triton of the demo's left, no shared-memory file of its servers (the launcher
-    names them dnnscaler_<pid of its owner>_...)."""
-    leftovers = subprocess.run(["pgrep", "-f", "dnnscaler-demo-"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
+def _no_leftovers(pid: int, tmpdir: Path) -> None:
+    """No process of the demo's left (its Triton and stubs name its folders, which lie in
+    ``tmpdir``), no folder, no shared-memory file of its servers (the launcher names them
+    dnnscaler_<pid of its owner>_...)."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(tmpdir).encode() in cmd:
+                left.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
+    assert left == []
+    assert list(tmpdir.iterdir()) == []
     assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{pid}_")] == []
 
 
