@@ -32,6 +32,22 @@ def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedPro
     )
 
 
+def command_lines_with(marker: str) -> list[str]:
+    """The command lines (200 characters each) of the processes that mention ``marker``:
+    a server's processes carry its folders' paths, so a test finds what is left of its
+    own servers by them, whatever runs beside it."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmd:
+                found.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

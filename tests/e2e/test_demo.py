@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .processes import command_lines_with
+
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -90,16 +92,7 @@ def _no_leftovers(pid: int, tmpdir: Path) -> None:
     """No process of the demo's left (its Triton and stubs name its folders, which lie in
     ``tmpdir``), no folder, no shared-memory file of its servers (the launcher names them
     dnnscaler_<pid of its owner>_...)."""
-    left = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(tmpdir).encode() in cmd:
-                left.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
-    assert left == []
+    assert command_lines_with(str(tmpdir)) == []
     assert list(tmpdir.iterdir()) == []
     assert [f for f in os.listdir("/dev/shm") if f.startswith(f"dnnscaler_{pid}_")] == []
 

@@ -17,22 +17,9 @@ import pytest
 
 from dnnscaler.torchserve.install import torchserve_installed
 
+from .processes import command_lines_with
+
 MODELS = {"wide_mlp", "serial_io"}
-
-
-def _procs_with(marker: str) -> list[str]:
-    """Command lines that mention ``marker``: TorchServe's Java frontend and its workers
-    carry their work folder's path (``-Djava.io.tmpdir``, the worker's socket)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmd:
-                found.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
-    return found
 
 
 @pytest.fixture
@@ -92,7 +79,7 @@ def test_demo_real_torchserve(
     assert (out_dir / "demo.png").stat().st_size > 10_000
     # Nothing left: no Java frontend or worker of the demo's server, no folder.
     deadline = time.monotonic() + 10
-    while _procs_with(str(tmp)) and time.monotonic() < deadline:
+    while command_lines_with(str(tmp)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _procs_with(str(tmp)) == []
+    assert command_lines_with(str(tmp)) == []
     assert list(tmp.iterdir()) == []
